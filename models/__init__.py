@@ -1,0 +1,10 @@
+"""ICWEM model, its configurations and checkpoint loading."""
+
+from .checkpoint import load_checkpoint, model_from_state_dict, read_checkpoint, split_checkpoint
+from .config import PRESETS, config_from_state_dict, get_config
+from .icwem import ICWEM
+
+__all__ = [
+    "ICWEM", "PRESETS", "get_config", "config_from_state_dict",
+    "load_checkpoint", "model_from_state_dict", "read_checkpoint", "split_checkpoint",
+]

@@ -1,0 +1,175 @@
+"""Window attention and the Swin block used by every transformer part of ICWEM.
+
+Shape convention: these modules work on channels-last maps ``B×H×W×C``; conversions from and to
+``B×C×H×W`` happen in the blocks that call them (``models/blocks.py``).
+
+Any map size is accepted. Maps whose sides are not whole windows are padded bottom/right *inside*
+the attention (after the block's LayerNorm) and cropped back; padded positions are excluded as keys,
+so real tokens attend only to real tokens. For sizes that are whole windows nothing is padded and the
+result is exactly the original TCM/ICWEM computation.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, trunc_normal_
+from torch import Tensor
+
+# Windows processed per scaled_dot_product_attention call: bounds the logits materialised at once
+# (windows × heads × w² × w² floats) so large images need little memory.
+WINDOW_CHUNK = 512
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside non-overlapping ``w×w`` windows (W) or shifted windows (SW).
+
+    Parameter names (``embedding_layer``, ``relative_position_params``, ``linear``) are those of the
+    published checkpoints. The relative-position index and the shift/padding masks depend only on the
+    map size, so they are built once per size and cached.
+    """
+
+    def __init__(self, dim: int, head_dim: int, window_size: int, shifted: bool) -> None:
+        super().__init__()
+        if dim % head_dim:
+            raise ValueError(f"attention width {dim} is not a multiple of head_dim {head_dim}")
+        self.dim = dim
+        self.head_dim = head_dim
+        self.num_heads = dim // head_dim
+        self.window_size = window_size
+        self.shift = window_size // 2 if shifted else 0
+        self.embedding_layer = nn.Linear(dim, 3 * dim)
+        self.linear = nn.Linear(dim, dim)
+
+        span = 2 * window_size - 1
+        params = torch.zeros(span * span, self.num_heads)
+        trunc_normal_(params, std=0.02)
+        # Created as ((2w-1)², heads) and stored as (heads, 2w-1, 2w-1), like the original.
+        self.relative_position_params = nn.Parameter(params.view(span, span, self.num_heads).permute(2, 0, 1).contiguous())
+        self.register_buffer("relative_index", _relative_index(window_size), persistent=False)
+        self._mask_cache: Dict[Tuple, Optional[Tensor]] = {}
+
+    def relative_bias(self) -> Tensor:
+        """Bias added to the logits, ``heads × w² × w²`` (query row, key column)."""
+        heads = self.num_heads
+        return self.relative_position_params.view(heads, -1)[:, self.relative_index]
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, H, W, C = x.shape
+        w, s = self.window_size, self.shift
+        pad_h, pad_w = (-H) % w, (-W) % w
+        if pad_h or pad_w:
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        Hp, Wp = H + pad_h, W + pad_w
+        if s:
+            x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
+
+        nh, nw = Hp // w, Wp // w
+        windows = x.view(B, nh, w, nw, w, C).permute(0, 1, 3, 2, 4, 5).reshape(B, nh * nw, w * w, C)
+        out = self._attend(windows, self._mask(H, W, x.device, x.dtype))
+        out = out.view(B, nh, nw, w, w, C).permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, C)
+
+        if s:
+            out = torch.roll(out, shifts=(s, s), dims=(1, 2))
+        if pad_h or pad_w:
+            out = out[:, :H, :W, :]
+        return out
+
+    def _attend(self, windows: Tensor, mask: Optional[Tensor]) -> Tensor:
+        """Attention over ``B × nW × L × C`` windows, a chunk of windows at a time."""
+        B, nW, L, C = windows.shape
+        heads, hd = self.num_heads, self.head_dim
+        bias = self.relative_bias().to(windows.dtype).unsqueeze(0)  # 1 × heads × L × L
+        outputs = []
+        for start in range(0, nW, WINDOW_CHUNK):
+            chunk = windows[:, start:start + WINDOW_CHUNK]
+            n = chunk.shape[1]
+            # Channel layout of the projection: [q of all heads, k of all heads, v of all heads].
+            qkv = self.embedding_layer(chunk).view(B * n, L, 3, heads, hd).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.unbind(0)  # each (B·n) × heads × L × hd
+            if mask is None:
+                attn_mask = bias
+            else:
+                attn_mask = bias + mask[start:start + n].unsqueeze(1)  # n × heads × L × L
+                if B > 1:
+                    attn_mask = attn_mask.repeat(B, 1, 1, 1)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+            # Heads re-joined head-major (channel = head · head_dim + c) before the output projection.
+            outputs.append(o.transpose(1, 2).reshape(B, n, L, C))
+        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+        return self.linear(out)
+
+    def _mask(self, H: int, W: int, device: torch.device, dtype: torch.dtype) -> Optional[Tensor]:
+        """Additive mask ``nW × L × L`` (0 or a huge negative) for shift wrap-around and padded keys."""
+        key = (H, W, device, dtype)
+        if key not in self._mask_cache:
+            blocked = _blocked_pairs(H, W, self.window_size, self.shift)
+            if blocked is None:
+                mask = None
+            else:
+                # The dtype's most negative finite value rather than -inf: a padded query whose keys
+                # are all blocked then gets a finite (discarded) output instead of NaN, and real rows
+                # are unchanged because exp(min - max) is exactly 0.
+                mask = torch.zeros(blocked.shape, dtype=dtype, device=device)
+                mask.masked_fill_(blocked.to(device), torch.finfo(dtype).min)
+            self._mask_cache[key] = mask
+        return self._mask_cache[key]
+
+
+def _relative_index(w: int) -> Tensor:
+    """Flat index into the (2w-1)² bias table: entry (p, q) = (i_p - i_q + w - 1)·(2w-1) + (j_p - j_q + w - 1)."""
+    coords = torch.stack(torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")).flatten(1)  # 2 × L
+    rel = coords[:, :, None] - coords[:, None, :] + (w - 1)
+    return rel[0] * (2 * w - 1) + rel[1]
+
+
+def _blocked_pairs(H: int, W: int, w: int, shift: int) -> Optional[Tensor]:
+    """Boolean ``nW × L × L``: True where query p may not attend to key q, or None if nothing is blocked.
+
+    Two reasons block a pair: (1) in shifted windows, tokens that were wrapped around by the cyclic
+    shift and tokens that were not (the standard Swin mask for shift w/2); (2) the key is padding.
+    """
+    Hp, Wp = H + (-H) % w, W + (-W) % w
+    if shift == 0 and Hp == H and Wp == W:
+        return None
+    # Region labels on the padded, rolled map: 0 everywhere, 1/2 for the two halves of the last window
+    # row (resp. column), which the cyclic shift glued together from opposite image borders.
+    rows = torch.zeros(Hp, dtype=torch.long)
+    cols = torch.zeros(Wp, dtype=torch.long)
+    if shift:
+        rows[Hp - w:Hp - shift], rows[Hp - shift:] = 1, 2
+        cols[Wp - w:Wp - shift], cols[Wp - shift:] = 1, 2
+    region = rows[:, None] * 3 + cols[None, :]
+    # Padding positions (bottom/right of the unrolled map), rolled exactly like the features.
+    valid = torch.zeros(Hp, Wp, dtype=torch.bool)
+    valid[:H, :W] = True
+    if shift:
+        valid = torch.roll(valid, shifts=(-shift, -shift), dims=(0, 1))
+
+    def to_windows(t: Tensor) -> Tensor:
+        return t.view(Hp // w, w, Wp // w, w).permute(0, 2, 1, 3).reshape(-1, w * w)
+
+    region_w, valid_w = to_windows(region), to_windows(valid)
+    blocked = region_w[:, :, None] != region_w[:, None, :]
+    blocked |= ~valid_w[:, None, :]
+    return blocked
+
+
+class SwinBlock(nn.Module):
+    """Pre-norm transformer block: ``x + msa(ln1(x))`` then ``x + mlp(ln2(x))`` (channels-last)."""
+
+    def __init__(self, dim: int, head_dim: int, window_size: int, shifted: bool, drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(dim)
+        self.msa = WindowAttention(dim, head_dim, window_size, shifted)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.ln2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path(self.msa(self.ln1(x)))
+        x = x + self.drop_path(self.mlp(self.ln2(x)))
+        return x

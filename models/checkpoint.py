@@ -1,0 +1,87 @@
+"""Load published or self-trained checkpoints into ICWEM, with clear errors for files that do not fit."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from utils.errors import UserError
+
+from .config import config_from_state_dict, validate_config
+from .icwem import ICWEM
+
+
+def read_checkpoint(path: Union[str, Path], map_location="cpu") -> dict:
+    """``torch.load(weights_only=True)`` with user-facing errors; always returns a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot read checkpoint {path}: {first}") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"cannot read checkpoint {path}: expected a dict, found {type(obj).__name__}")
+    return obj
+
+
+def split_checkpoint(obj: Mapping) -> Tuple[Dict[str, Tensor], Optional[dict]]:
+    """Return (state dict without ``module.`` prefixes, stored model config or None).
+
+    Accepts the published layout (``{"state_dict": ...}``, possibly DataParallel-prefixed), our
+    training checkpoints (which add ``model_config``) and a bare state dict.
+    """
+    sd = obj.get("state_dict", obj)
+    if not isinstance(sd, Mapping) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise UserError("checkpoint holds no state dict of tensors")
+    sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+    cfg = obj.get("model_config") if "state_dict" in obj else None
+    return sd, cfg
+
+
+def _mismatch_message(model: ICWEM, sd: Mapping[str, Tensor]) -> Optional[str]:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    tables = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(sd) & set(expected)
+        if sd[k].shape != expected[k].shape and not k.endswith(tables)
+    )
+    parts = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape conflicts", shapes)):
+        if items:
+            shown = ", ".join(items[:3]) + (f" (+{len(items) - 3} more)" if len(items) > 3 else "")
+            parts.append(f"{len(items)} {label}: {shown}")
+    return "; ".join(parts) or None
+
+
+def model_from_state_dict(sd: Mapping[str, Tensor], config: Optional[Mapping] = None) -> ICWEM:
+    """Build ICWEM from a state dict (config given or inferred) and load it strictly."""
+    cfg = validate_config(config, "checkpoint model_config") if config is not None else config_from_state_dict(sd)
+    model = ICWEM(**cfg)
+    problem = _mismatch_message(model, sd)
+    if problem:
+        raise UserError(f"checkpoint does not fit ICWEM{'' if config else ' (configuration inferred from shapes)'}: {problem}")
+    model.load_state_dict(dict(sd), strict=True)
+    return model
+
+
+def load_checkpoint(path: Union[str, Path], map_location="cpu") -> ICWEM:
+    """Load a checkpoint file into an ICWEM in eval mode with its entropy-coder tables rebuilt."""
+    sd, cfg = split_checkpoint(read_checkpoint(path, map_location))
+    try:
+        model = model_from_state_dict(sd, cfg)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    model = model.to(map_location) if isinstance(map_location, (str, torch.device)) else model
+    model.eval()
+    model.update(force=True)
+    return model

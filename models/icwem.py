@@ -1,0 +1,318 @@
+"""ICWEM: Invertible Channel-Wise Entropy Model (feature attention + INN around TCM transforms)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from compressai.ans import BufferedRansEncoder, RansDecoder
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.layers import ResidualBlockUpsample, ResidualBlockWithStride, conv3x3, subpel_conv3x3
+from compressai.models import CompressionModel
+from compressai.ops import quantize_ste
+from torch import Tensor
+
+from .blocks import SWAtten, tcb_stage
+from .enhance import EnhModule
+from .inn import InvertibleNetwork
+
+# Buffers that update() derives from the parameters; left out of the fingerprint so that it does not
+# depend on whether update() has run.
+_CODER_TABLES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+
+
+def parameter_net(in_channels: int, hidden: Sequence[int], out_channels: int) -> nn.Sequential:
+    """Per-slice mean / scale / LRP network: three 3×3 convolutions with GELU between them."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, hidden[0], 3, padding=1),
+        nn.GELU(),
+        nn.Conv2d(hidden[0], hidden[1], 3, padding=1),
+        nn.GELU(),
+        nn.Conv2d(hidden[1], out_channels, 3, padding=1),
+    )
+
+
+class ICWEM(CompressionModel):
+    r"""Invertible Channel-Wise Entropy Model for learned image compression.
+
+    A Transformer-CNN (TCM) analysis/synthesis pair, wrapped by a feature-attention block and an
+    invertible network on each side, with a hyper-prior and a channel-wise autoregressive entropy
+    model (SWAtten attention + latent residual prediction), coded with CompressAI's rANS coder::
+
+        x ─ enh.forw_enh ─ inv ─ g_a ─ y ─ h_a ─ z ─ entropy_bottleneck ─ ẑ
+                                      │                                   ├─ h_mean_s ─ latent means
+                                      │                                   └─ h_scale_s ─ latent scales
+                                      └─ slices y_0 … y_{S-1}: (μ_i, σ_i) from SWAtten + cc_*_transforms
+                                         ŷ_i = round(y_i − μ_i) + μ_i + LRP_i ─ ŷ
+        ŷ ─ g_s ─ inv⁻¹ ─ enh.back_enh ─ x̂
+
+    Args:
+        N: half the width of the main transforms (each TCB has a conv half and a transformer half of N).
+        M: channels of the latent y.
+        Z: channels of the hyper-latent z.
+        num_slices: number of equal channel slices of y.
+        max_support_slices: how many decoded slices condition the next (< 0: all previous).
+        depths: TCBs in the 3 analysis and 3 synthesis stages (h_a uses depths[0], h_*_s depths[3]).
+        head_dims: attention head width per stage (heads = N / head_dim).
+        window_size: attention window in g_a / g_s.
+        hyper_window_size, hyper_head_dim: attention window / head width in h_a and h_*_s.
+        attn_dim, attn_head_dim, attn_window_size: SWAtten's inner width, head width and window.
+        param_hidden: hidden widths of the per-slice mean / scale / LRP networks.
+        enh_channels: width of the feature-attention blocks.
+        dense_growth: growth channels of their dense blocks.
+        drop_path_rate: stochastic depth over the g_a / g_s TCBs (linearly increasing), training only.
+
+    Inputs are ``B×3×H×W`` in [0, 1] with H and W multiples of :attr:`downsampling_factor` (64);
+    ``utils.padding`` pads arbitrary images to that.
+    """
+
+    downsampling_factor = 64
+
+    def __init__(
+        self,
+        N: int = 128,
+        M: int = 320,
+        Z: int = 192,
+        num_slices: int = 5,
+        max_support_slices: int = 5,
+        depths: Sequence[int] = (2, 2, 2, 2, 2, 2),
+        head_dims: Sequence[int] = (8, 16, 32, 32, 16, 8),
+        window_size: int = 8,
+        hyper_window_size: int = 4,
+        hyper_head_dim: int = 32,
+        attn_dim: int = 128,
+        attn_head_dim: int = 16,
+        attn_window_size: int = 8,
+        param_hidden: Sequence[int] = (224, 128),
+        enh_channels: int = 64,
+        dense_growth: int = 32,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if M % num_slices:
+            raise ValueError(f"M={M} is not divisible by num_slices={num_slices}")
+        self.config = dict(
+            N=N, M=M, Z=Z, num_slices=num_slices, max_support_slices=max_support_slices,
+            depths=list(depths), head_dims=list(head_dims), window_size=window_size,
+            hyper_window_size=hyper_window_size, hyper_head_dim=hyper_head_dim, attn_dim=attn_dim,
+            attn_head_dim=attn_head_dim, attn_window_size=attn_window_size,
+            param_hidden=list(param_hidden), enh_channels=enh_channels, dense_growth=dense_growth,
+            drop_path_rate=drop_path_rate,
+        )
+        self.num_slices = num_slices
+        self.max_support_slices = max_support_slices
+        C = 2 * N
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        stage_dpr = [dpr[sum(depths[:s]):sum(depths[:s + 1])] for s in range(6)]
+
+        def stage(s: int) -> List[nn.Module]:
+            return tcb_stage(N, depths[s], head_dims[s], window_size, stage_dpr[s])
+
+        self.entropy_bottleneck = EntropyBottleneck(Z)
+        self.g_a = nn.Sequential(
+            ResidualBlockWithStride(3, C, stride=2), *stage(0),
+            ResidualBlockWithStride(C, C, stride=2), *stage(1),
+            ResidualBlockWithStride(C, C, stride=2), *stage(2),
+            conv3x3(C, M, stride=2),
+        )
+        self.g_s = nn.Sequential(
+            ResidualBlockUpsample(M, C, 2), *stage(3),
+            ResidualBlockUpsample(C, C, 2), *stage(4),
+            ResidualBlockUpsample(C, C, 2), *stage(5),
+            subpel_conv3x3(C, 3, 2),
+        )
+        self.enh = EnhModule(enh_channels, dense_growth)
+        self.inv = InvertibleNetwork()
+
+        self.h_a = nn.Sequential(
+            ResidualBlockWithStride(M, C, stride=2),
+            *tcb_stage(N, depths[0], hyper_head_dim, hyper_window_size),
+            conv3x3(C, Z, stride=2),
+        )
+
+        def hyper_synthesis() -> nn.Sequential:
+            return nn.Sequential(
+                ResidualBlockUpsample(Z, C, 2),
+                *tcb_stage(N, depths[3], hyper_head_dim, hyper_window_size),
+                subpel_conv3x3(C, M, 2),
+            )
+
+        self.h_mean_s = hyper_synthesis()
+        self.h_scale_s = hyper_synthesis()
+
+        slice_ch = M // num_slices
+        support_ch = [M + slice_ch * self._num_support(i) for i in range(num_slices)]
+
+        def swatten(ch: int) -> nn.Sequential:
+            return nn.Sequential(SWAtten(ch, ch, attn_dim, attn_head_dim, attn_window_size))
+
+        self.atten_mean = nn.ModuleList(swatten(ch) for ch in support_ch)
+        self.atten_scale = nn.ModuleList(swatten(ch) for ch in support_ch)
+        self.cc_mean_transforms = nn.ModuleList(parameter_net(ch, param_hidden, slice_ch) for ch in support_ch)
+        self.cc_scale_transforms = nn.ModuleList(parameter_net(ch, param_hidden, slice_ch) for ch in support_ch)
+        self.lrp_transforms = nn.ModuleList(parameter_net(ch + slice_ch, param_hidden, slice_ch) for ch in support_ch)
+        self.gaussian_conditional = GaussianConditional(None)
+
+    # ------------------------------------------------------------------ shared pieces
+    def _num_support(self, i: int) -> int:
+        """How many decoded slices condition slice i."""
+        return i if self.max_support_slices < 0 else min(i, self.max_support_slices)
+
+    def analysis(self, x: Tensor) -> Tensor:
+        """x → y: feature attention, INN, then g_a."""
+        self._check_size(x)
+        return self.g_a(self.inv(self.enh.forw_enh(x)))
+
+    def synthesis(self, y_hat: Tensor, clamp: bool = False) -> Tensor:
+        """ŷ → x̂: g_s, INN reverse, feature attention. ``clamp`` reproduces the decoder's two clamps."""
+        x = self.g_s(y_hat)
+        if clamp:
+            x = x.clamp(0, 1)
+        x = self.enh.back_enh(self.inv.reverse(x))
+        return x.clamp(0, 1) if clamp else x
+
+    def hyper_synthesis(self, z_hat: Tensor) -> Tuple[Tensor, Tensor]:
+        return self.h_mean_s(z_hat), self.h_scale_s(z_hat)
+
+    def _code_slices(
+        self,
+        latent_means: Tensor,
+        latent_scales: Tensor,
+        y_hw: Tuple[int, int],
+        quantize: Callable[[int, Tensor, Tensor], Tensor],
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Run the channel-wise entropy model over all slices; returns ŷ, μ and σ (slices concatenated).
+
+        ``quantize(i, μ_i, σ_i)`` returns the quantised slice ŷ_i (before LRP). It is the only part
+        that differs between the forward pass (rounding with likelihoods), compress (symbols to the
+        coder) and decompress (symbols from the coder), so the three share this loop.
+        """
+        H, W = y_hw
+        y_hat_slices: List[Tensor] = []
+        means: List[Tensor] = []
+        scales: List[Tensor] = []
+        for i in range(self.num_slices):
+            support = y_hat_slices[: self._num_support(i)]
+            mean_in = self.atten_mean[i](torch.cat([latent_means, *support], dim=1))
+            mu = self.cc_mean_transforms[i](mean_in)[:, :, :H, :W]
+            scale_in = self.atten_scale[i](torch.cat([latent_scales, *support], dim=1))
+            sigma = self.cc_scale_transforms[i](scale_in)[:, :, :H, :W]
+            y_hat_i = quantize(i, mu, sigma)
+            lrp = self.lrp_transforms[i](torch.cat([mean_in, y_hat_i], dim=1))
+            y_hat_slices.append(y_hat_i + 0.5 * torch.tanh(lrp))
+            means.append(mu)
+            scales.append(sigma)
+        return torch.cat(y_hat_slices, dim=1), torch.cat(means, dim=1), torch.cat(scales, dim=1)
+
+    def _check_size(self, x: Tensor) -> None:
+        h, w = x.shape[-2:]
+        f = self.downsampling_factor
+        if h % f or w % f or h == 0 or w == 0:
+            raise ValueError(f"input size {h}x{w} is not a multiple of {f}; pad it first (utils.padding)")
+
+    # ------------------------------------------------------------------ training / estimation
+    def forward(self, x: Tensor) -> Dict:
+        y = self.analysis(x)
+        z = self.h_a(y)
+        _, z_likelihoods = self.entropy_bottleneck(z)
+        z_medians = self.entropy_bottleneck._get_medians()
+        z_hat = quantize_ste(z - z_medians) + z_medians
+        latent_means, latent_scales = self.hyper_synthesis(z_hat)
+
+        y_slices = y.chunk(self.num_slices, dim=1)
+        y_likelihoods: List[Tensor] = []
+
+        def round_slice(i: int, mu: Tensor, sigma: Tensor) -> Tensor:
+            _, likelihood = self.gaussian_conditional(y_slices[i], sigma, means=mu)
+            y_likelihoods.append(likelihood)
+            return quantize_ste(y_slices[i] - mu) + mu
+
+        y_hat, means, scales = self._code_slices(latent_means, latent_scales, y.shape[-2:], round_slice)
+        return {
+            "x_hat": self.synthesis(y_hat),
+            "likelihoods": {"y": torch.cat(y_likelihoods, dim=1), "z": z_likelihoods},
+            "para": {"means": means, "scales": scales, "y": y},
+        }
+
+    # ------------------------------------------------------------------ real entropy coding
+    def _coder_tables(self) -> Tuple[list, list, list]:
+        gc = self.gaussian_conditional
+        if gc._offset.numel() == 0:
+            raise RuntimeError("entropy coder tables are empty: call model.update() before compress/decompress")
+        return gc.quantized_cdf.tolist(), gc.cdf_length.reshape(-1).int().tolist(), gc.offset.reshape(-1).int().tolist()
+
+    def compress(self, x: Tensor) -> Dict:
+        """Code each image of the batch into one y string (all slices) and one z string."""
+        cdfs, cdf_lengths, offsets = self._coder_tables()
+        y = self.analysis(x)
+        z = self.h_a(y)
+        z_strings = self.entropy_bottleneck.compress(z)
+        z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
+        latent_means, latent_scales = self.hyper_synthesis(z_hat)
+
+        y_slices = y.chunk(self.num_slices, dim=1)
+        symbols: List[Tensor] = []
+        indexes: List[Tensor] = []
+
+        def record_slice(i: int, mu: Tensor, sigma: Tensor) -> Tensor:
+            q = self.gaussian_conditional.quantize(y_slices[i], "symbols", mu)
+            symbols.append(q)
+            indexes.append(self.gaussian_conditional.build_indexes(sigma))
+            return self.gaussian_conditional.dequantize(q, mu)
+
+        self._code_slices(latent_means, latent_scales, y.shape[-2:], record_slice)
+
+        y_strings = []
+        for b in range(x.shape[0]):
+            # One stream per image: slice order, then C order (channel, row, column) within a slice.
+            encoder = BufferedRansEncoder()
+            encoder.encode_with_indexes(
+                torch.cat([s[b].reshape(-1) for s in symbols]).tolist(),
+                torch.cat([t[b].reshape(-1) for t in indexes]).tolist(),
+                cdfs, cdf_lengths, offsets,
+            )
+            y_strings.append(encoder.flush())
+        return {"strings": [y_strings, z_strings], "shape": z.shape[-2:]}
+
+    def decompress(self, strings: Sequence[Sequence[bytes]], shape: Sequence[int]) -> Dict:
+        """Inverse of :meth:`compress`: rebuilds the same entropy parameters and decodes ŷ, then x̂."""
+        cdfs, cdf_lengths, offsets = self._coder_tables()
+        y_strings, z_strings = strings
+        if len(y_strings) != len(z_strings):
+            raise ValueError("y and z strings disagree on the batch size")
+        z_hat = self.entropy_bottleneck.decompress(z_strings, shape)
+        latent_means, latent_scales = self.hyper_synthesis(z_hat)
+        y_hw = (4 * z_hat.shape[2], 4 * z_hat.shape[3])
+
+        decoders = []
+        for s in y_strings:
+            decoder = RansDecoder()
+            decoder.set_stream(s)
+            decoders.append(decoder)
+
+        def decode_slice(i: int, mu: Tensor, sigma: Tensor) -> Tensor:
+            index = self.gaussian_conditional.build_indexes(sigma)
+            values = [
+                decoder.decode_stream(index[b].reshape(-1).tolist(), cdfs, cdf_lengths, offsets)
+                for b, decoder in enumerate(decoders)
+            ]
+            q = torch.tensor(values, dtype=torch.int32).view(index.shape).to(mu.device)
+            return self.gaussian_conditional.dequantize(q, mu)
+
+        y_hat, _, _ = self._code_slices(latent_means, latent_scales, y_hw, decode_slice)
+        return {"x_hat": self.synthesis(y_hat, clamp=True)}
+
+    # ------------------------------------------------------------------ identity
+    def fingerprint(self) -> bytes:
+        """16-byte digest of the configuration and all weights: a bitstream names the model it needs."""
+        arch = {k: v for k, v in self.config.items() if k != "drop_path_rate"}  # training-only
+        h = hashlib.sha256(json.dumps(arch, sort_keys=True).encode())
+        for name, t in self.state_dict().items():
+            if name.rsplit(".", 1)[-1] in _CODER_TABLES:
+                continue
+            h.update(name.encode())
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        return h.digest()[:16]

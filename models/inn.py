@@ -1,0 +1,119 @@
+"""The invertible network (INN) around the analysis/synthesis transforms.
+
+Four levels on the 3 image channels, each an invertible 1×1 convolution followed by three affine
+coupling layers. ``forward`` runs before g_a; ``reverse`` (the exact inverse) runs after g_s.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class CouplingSubnet(nn.Module):
+    """conv k×k → LeakyReLU(0.2) → conv 1×1 → LeakyReLU(0.2) → conv k×k; starts as the zero map."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
+        super().__init__()
+        k = kernel_size
+        self.conv1 = nn.Conv2d(in_channels, out_channels, k, padding=k // 2)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 1)
+        self.conv3 = nn.Conv2d(out_channels, out_channels, k, padding=(k - 1) // 2)
+        self.act = nn.LeakyReLU(0.2)
+        for conv in (self.conv1, self.conv2):
+            nn.init.xavier_normal_(conv.weight)
+            conv.weight.data.mul_(0.1)
+            nn.init.zeros_(conv.bias)
+        nn.init.zeros_(self.conv3.weight)
+        nn.init.zeros_(self.conv3.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv3(self.act(self.conv2(self.act(self.conv1(x)))))
+
+
+class AffineCoupling(nn.Module):
+    """Two-way affine coupling on channels split 1 | 2, with a soft-clamped scale.
+
+    forward: y1 = x1·e(G2(x2)) + H2(x2);  y2 = x2·e(G1(y1)) + H1(y1)
+    reverse: the same steps undone in the opposite order.  e(t) = exp(c·(2·sigmoid(t) − 1)).
+    """
+
+    def __init__(self, kernel_size: int, clamp: float = 1.0) -> None:
+        super().__init__()
+        self.clamp = clamp
+        self.G1 = CouplingSubnet(1, 2, kernel_size)
+        self.H1 = CouplingSubnet(1, 2, kernel_size)
+        self.G2 = CouplingSubnet(2, 1, kernel_size)
+        self.H2 = CouplingSubnet(2, 1, kernel_size)
+
+    def _scale(self, t: Tensor) -> Tensor:
+        return torch.exp(self.clamp * (torch.sigmoid(t) * 2 - 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x1, x2 = x[:, :1], x[:, 1:]
+        y1 = x1 * self._scale(self.G2(x2)) + self.H2(x2)
+        y2 = x2 * self._scale(self.G1(y1)) + self.H1(y1)
+        return torch.cat((y1, y2), dim=1)
+
+    def reverse(self, y: Tensor) -> Tensor:
+        y1, y2 = y[:, :1], y[:, 1:]
+        x2 = (y2 - self.H1(y1)) / self._scale(self.G1(y1))
+        x1 = (y1 - self.H2(x2)) / self._scale(self.G2(x2))
+        return torch.cat((x1, x2), dim=1)
+
+
+class InvertibleConv1x1(nn.Module):
+    """A learned 3×3 channel-mixing matrix, initialised orthogonal; the reverse applies its inverse.
+
+    The inverse is computed in float64 (then cast back to the weight's dtype) like the original. Outside autograd it
+    is cached and recomputed only when the weight changes (tracked by its version counter).
+    """
+
+    def __init__(self, channels: int = 3) -> None:
+        super().__init__()
+        q, _ = torch.linalg.qr(torch.randn(channels, channels))
+        self.weight = nn.Parameter(q)
+        self._inverse_cache: Optional[Tuple[Tuple, Tensor]] = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = self.weight.shape[0]
+        return F.conv2d(x, self.weight.view(c, c, 1, 1))
+
+    def inverse_weight(self) -> Tensor:
+        w = self.weight
+        if torch.is_grad_enabled() and w.requires_grad:
+            return torch.linalg.inv(w.double()).to(w.dtype)
+        key = (w.data_ptr(), w._version, w.device, w.dtype)
+        if self._inverse_cache is None or self._inverse_cache[0] != key:
+            self._inverse_cache = (key, torch.linalg.inv(w.detach().double()).to(w.dtype))
+        return self._inverse_cache[1]
+
+    def reverse(self, y: Tensor) -> Tensor:
+        c = self.weight.shape[0]
+        return F.conv2d(y, self.inverse_weight().to(y.dtype).view(c, c, 1, 1))
+
+
+class InvertibleNetwork(nn.Module):
+    """``operations``: per level an invertible 1×1 conv then three couplings (16 steps for 4 levels)."""
+
+    def __init__(self, kernel_sizes: Tuple[int, ...] = (5, 5, 3, 3), couplings_per_level: int = 3) -> None:
+        super().__init__()
+        ops = []
+        for k in kernel_sizes:
+            ops.append(InvertibleConv1x1(3))
+            ops.extend(AffineCoupling(k) for _ in range(couplings_per_level))
+        self.operations = nn.ModuleList(ops)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for op in self.operations:
+            x = op(x)
+        return x
+
+    def reverse(self, y: Tensor) -> Tensor:
+        for op in reversed(self.operations):
+            y = op.reverse(y)
+        return y

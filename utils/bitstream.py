@@ -1,0 +1,192 @@
+"""The ``.icwem`` file: one coded image, self-describing and checksummed.
+
+Layout (little-endian)::
+
+    offset  size  field
+         0     5  magic b"ICWEM"
+         5     1  format version (u8) = 1
+         6    16  model fingerprint (which weights can decode this file)
+        22     4  original height (u32)
+        26     4  original width (u32)
+        30     8  padding top, bottom, left, right (u16 each)
+        38     4  hyper-latent z height, width (u16 each)
+        42     4  length of y_string (u32)
+        46     4  length of z_string (u32)
+        50        z_string, then y_string
+       end-4   4  CRC-32 (zlib.crc32) of every byte before it (u32)
+
+``unpack`` trusts nothing: it checks the header and checksum before the decoder sees any field, so a
+damaged or hostile file gives a one-line ``UserError`` instead of a crash or a huge allocation.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import uuid
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+from .errors import UserError
+
+PathLike = Union[str, Path]
+
+MAGIC = b"ICWEM"
+VERSION = 1
+FINGERPRINT_BYTES = 16
+# The padded image must be a multiple of the model's total downsampling (y: 16, z: 64).
+PAD_MULTIPLE = 64
+MAX_SIDE = 65535
+
+_HEADER = struct.Struct("<5sB16sII4H2HII")
+_CRC = struct.Struct("<I")
+HEADER_BYTES = _HEADER.size
+OVERHEAD_BYTES = _HEADER.size + _CRC.size
+
+
+@dataclass(frozen=True)
+class Bitstream:
+    """Everything needed to decode one image: geometry, entropy-coded strings, model fingerprint.
+
+    ``pad`` is (top, bottom, left, right) pixels added to reach a multiple of 64; ``z_shape`` is the
+    hyper-latent's spatial size, which the decoder needs before it can decode ``z_string``.
+    """
+
+    height: int
+    width: int
+    pad: tuple[int, int, int, int]
+    z_shape: tuple[int, int]
+    y_string: bytes
+    z_string: bytes
+    fingerprint: bytes
+
+
+def pack(bs: Bitstream) -> bytes:
+    """Serialise a ``Bitstream`` to the bytes of an ``.icwem`` file (see the module docstring)."""
+    problem = _geometry_problem(bs.height, bs.width, bs.pad, bs.z_shape)
+    if problem is None and len(bs.fingerprint) != FINGERPRINT_BYTES:
+        problem = f"fingerprint must be {FINGERPRINT_BYTES} bytes, got {len(bs.fingerprint)}"
+    if problem is None and max(len(bs.y_string), len(bs.z_string)) >= 2**32:
+        problem = "entropy-coded string longer than 4 GiB"
+    if problem is not None:
+        raise ValueError(f"cannot pack bitstream: {problem}")
+    header = _HEADER.pack(
+        MAGIC,
+        VERSION,
+        bytes(bs.fingerprint),
+        bs.height,
+        bs.width,
+        *bs.pad,
+        *bs.z_shape,
+        len(bs.y_string),
+        len(bs.z_string),
+    )
+    body = header + bytes(bs.z_string) + bytes(bs.y_string)
+    return body + _CRC.pack(zlib.crc32(body))
+
+
+def unpack(data: bytes) -> Bitstream:
+    """Parse and validate ``.icwem`` bytes; any problem is a one-line ``UserError``.
+
+    Checks, in order: length, magic, version, checksum, image geometry, declared string lengths.
+    Only fixed-size header fields are read before every check has passed.
+    """
+    if len(data) == 0:
+        raise UserError("empty file, not an ICWEM file")
+    if len(data) < OVERHEAD_BYTES:
+        if not MAGIC.startswith(bytes(data[: len(MAGIC)])):
+            raise UserError("not an ICWEM file")
+        raise UserError(f"too short to be an ICWEM file ({len(data)} bytes, header alone is {OVERHEAD_BYTES})")
+    if bytes(data[: len(MAGIC)]) != MAGIC:
+        raise UserError("not an ICWEM file")
+    version = data[len(MAGIC)]
+    if version != VERSION:
+        raise UserError(f"unsupported ICWEM format version {version} (this build reads version {VERSION})")
+    (stored_crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
+    if zlib.crc32(memoryview(data)[: len(data) - _CRC.size]) != stored_crc:
+        raise UserError("corrupted: checksum mismatch")
+
+    _, _, fingerprint, height, width, top, bottom, left, right, z_h, z_w, y_len, z_len = _HEADER.unpack_from(data)
+    pad, z_shape = (top, bottom, left, right), (z_h, z_w)
+    problem = _geometry_problem(height, width, pad, z_shape)
+    if problem is not None:
+        raise UserError(f"corrupted header: {problem}")
+    if OVERHEAD_BYTES + y_len + z_len != len(data):
+        raise UserError(
+            f"corrupted header: declared string lengths ({z_len} + {y_len} bytes) do not match the file "
+            f"size ({len(data)} bytes with a {OVERHEAD_BYTES}-byte header and checksum)"
+        )
+    z_start = HEADER_BYTES
+    y_start = z_start + z_len
+    return Bitstream(
+        height=height,
+        width=width,
+        pad=pad,
+        z_shape=z_shape,
+        y_string=bytes(data[y_start : y_start + y_len]),
+        z_string=bytes(data[z_start:y_start]),
+        fingerprint=bytes(fingerprint),
+    )
+
+
+def _geometry_problem(
+    height: int, width: int, pad: tuple[int, int, int, int], z_shape: tuple[int, int]
+) -> Optional[str]:
+    """Why this image geometry is impossible, or None if it is consistent."""
+    if not (1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
+        return f"image size {height}x{width} outside 1..{MAX_SIDE}"
+    if len(pad) != 4 or any(not 0 <= p < PAD_MULTIPLE for p in pad):
+        return f"padding {tuple(pad)} must be four values in 0..{PAD_MULTIPLE - 1}"
+    top, bottom, left, right = pad
+    padded_h, padded_w = height + top + bottom, width + left + right
+    if padded_h % PAD_MULTIPLE or padded_w % PAD_MULTIPLE:
+        return f"padded size {padded_h}x{padded_w} is not a multiple of {PAD_MULTIPLE}"
+    expected = (padded_h // PAD_MULTIPLE, padded_w // PAD_MULTIPLE)
+    if tuple(z_shape) != expected:
+        return f"hyper-latent shape {tuple(z_shape)} should be {expected} for padded size {padded_h}x{padded_w}"
+    return None
+
+
+def read_file(path: PathLike) -> Bitstream:
+    """Read and validate an ``.icwem`` file; problems are a ``UserError`` naming the path."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: file not found")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, expected an .icwem file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        return unpack(data)
+    except UserError as exc:
+        raise UserError(f"{path}: {exc}") from None
+
+
+def write_file(path: PathLike, bs: Bitstream) -> int:
+    """Write an ``.icwem`` file atomically and return its size in bytes.
+
+    The bytes go to a temporary file in the same folder, which then replaces ``path`` in one step, so
+    an interrupted run never leaves a half-written file that looks valid by name.
+    """
+    path = Path(path)
+    data = pack(bs)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies, like open()
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return len(data)
