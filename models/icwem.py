@@ -244,8 +244,11 @@ class ICWEM(CompressionModel):
             raise RuntimeError("entropy coder tables are empty: call model.update() before compress/decompress")
         return gc.quantized_cdf.tolist(), gc.cdf_length.reshape(-1).int().tolist(), gc.offset.reshape(-1).int().tolist()
 
-    def compress(self, x: Tensor) -> Dict:
-        """Code each image of the batch into one y string (all slices) and one z string."""
+    def compress(self, x: Tensor, return_y_hat: bool = False) -> Dict:
+        """Code each image of the batch into one y string (all slices) and one z string.
+
+        ``return_y_hat`` also returns the encoder's own ŷ, which the decoder must rebuild exactly.
+        """
         cdfs, cdf_lengths, offsets = self._coder_tables()
         y = self.analysis(x)
         z = self.h_a(y)
@@ -263,7 +266,7 @@ class ICWEM(CompressionModel):
             indexes.append(self.gaussian_conditional.build_indexes(sigma))
             return self.gaussian_conditional.dequantize(q, mu)
 
-        self._code_slices(latent_means, latent_scales, y.shape[-2:], record_slice)
+        y_hat, _, _ = self._code_slices(latent_means, latent_scales, y.shape[-2:], record_slice)
 
         y_strings = []
         for b in range(x.shape[0]):
@@ -275,7 +278,10 @@ class ICWEM(CompressionModel):
                 cdfs, cdf_lengths, offsets,
             )
             y_strings.append(encoder.flush())
-        return {"strings": [y_strings, z_strings], "shape": z.shape[-2:]}
+        out = {"strings": [y_strings, z_strings], "shape": z.shape[-2:]}
+        if return_y_hat:
+            out["y_hat"] = y_hat
+        return out
 
     def decompress(self, strings: Sequence[Sequence[bytes]], shape: Sequence[int]) -> Dict:
         """Inverse of :meth:`compress`: rebuilds the same entropy parameters and decodes ŷ, then x̂."""
@@ -303,7 +309,7 @@ class ICWEM(CompressionModel):
             return self.gaussian_conditional.dequantize(q, mu)
 
         y_hat, _, _ = self._code_slices(latent_means, latent_scales, y_hw, decode_slice)
-        return {"x_hat": self.synthesis(y_hat, clamp=True)}
+        return {"x_hat": self.synthesis(y_hat, clamp=True), "y_hat": y_hat}
 
     # ------------------------------------------------------------------ identity
     def fingerprint(self) -> bytes:

@@ -1,0 +1,57 @@
+"""Shared fixtures: seeded RNGs, real photographs from scikit-image, the tiny model."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY = FIXTURES / "icwem-tiny"
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+def photo(name: str = "astronaut") -> np.ndarray:
+    """A real RGB photograph (uint8 H×W×3) shipped inside scikit-image."""
+    from skimage import color, data
+
+    img = getattr(data, name)()
+    if img.ndim == 2:
+        img = (color.gray2rgb(img)).astype(np.uint8)
+    return np.ascontiguousarray(img[..., :3])
+
+
+def photo_tensor(name: str = "astronaut", h: int | None = None, w: int | None = None, top: int = 0, left: int = 0) -> torch.Tensor:
+    """A crop of a real photograph as a 1×3×h×w tensor in [0, 1]."""
+    img = photo(name)
+    h = h or img.shape[0]
+    w = w or img.shape[1]
+    crop = img[top:top + h, left:left + w]
+    return torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255
+
+
+@pytest.fixture(scope="session")
+def tiny_config() -> dict:
+    return json.loads((TINY / "config.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_config):
+    """The fixture's tiny ICWEM with the original's weights, eval mode, coder tables ready."""
+    from models import ICWEM
+
+    model = ICWEM(**tiny_config)
+    model.load_state_dict(torch.load(TINY / "weights.pt", weights_only=True))
+    model.eval()
+    model.update(force=True)
+    return model
