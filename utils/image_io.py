@@ -94,7 +94,7 @@ def _decode_rgb(path: Path, img: Image.Image, notices: list[str]) -> np.ndarray:
         rgb, alpha = _to_rgb(_upright(img, notices), notices)
     if alpha:
         notices.append("alpha channel dropped")
-    return np.ascontiguousarray(rgb, dtype=np.uint8)
+    return np.array(rgb, dtype=np.uint8, order="C")  # a writable copy, not a view of Pillow's buffer
 
 
 def _to_rgb(img: Image.Image, notices: list[str]) -> tuple[np.ndarray, bool]:
@@ -210,6 +210,8 @@ def to_tensor(rgb_uint8: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 -> 1x3xHxW float32 equal to ``value / 255``, the model's input convention."""
     if rgb_uint8.dtype != np.uint8 or rgb_uint8.ndim != 3 or rgb_uint8.shape[2] != 3:
         raise ValueError(f"expected an HxWx3 uint8 array, got {rgb_uint8.dtype} {rgb_uint8.shape}")
+    if not rgb_uint8.flags.writeable:  # e.g. np.asarray(PIL image); torch warns about sharing those
+        rgb_uint8 = rgb_uint8.copy()
     x = torch.from_numpy(np.ascontiguousarray(rgb_uint8)).permute(2, 0, 1).unsqueeze(0)
     return x.to(torch.float32).div(255.0).contiguous()
 

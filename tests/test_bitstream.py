@@ -1,0 +1,155 @@
+"""The .icwem format round-trips, and every damaged or hostile file is a one-line UserError."""
+
+import os
+import random
+import struct
+import time
+import zlib
+
+import pytest
+
+from utils.bitstream import HEADER_BYTES, MAGIC, Bitstream, pack, read_file, unpack, write_file
+from utils.errors import UserError
+
+
+def _bitstream(height=100, width=70, y_bytes=300, z_bytes=40) -> Bitstream:
+    rng = random.Random(height * 7 + width)
+    pad_h, pad_w = -height % 64, -width % 64
+    return Bitstream(
+        height=height,
+        width=width,
+        pad=(pad_h // 2, pad_h - pad_h // 2, pad_w // 2, pad_w - pad_w // 2),
+        z_shape=((height + pad_h) // 64, (width + pad_w) // 64),
+        y_string=rng.randbytes(y_bytes),
+        z_string=rng.randbytes(z_bytes),
+        fingerprint=bytes(range(16)),
+    )
+
+
+def _with_crc(body: bytes) -> bytes:
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def _reheader(data: bytes, **fields) -> bytes:
+    """Rewrite header fields of a packed file and fix its CRC, to reach the checks after the CRC."""
+    names = ["magic", "version", "fingerprint", "height", "width", "top", "bottom", "left", "right"]
+    names += ["z_h", "z_w", "y_len", "z_len"]
+    fmt = struct.Struct("<5sB16sII4H2HII")
+    values = dict(zip(names, fmt.unpack_from(data)))
+    values.update(fields)
+    return _with_crc(fmt.pack(*(values[n] for n in names)) + data[fmt.size : -4])
+
+
+def _unpack_error(data: bytes) -> str:
+    with pytest.raises(UserError) as info:
+        unpack(data)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_round_trip():
+    bs = _bitstream()
+    data = pack(bs)
+    assert data.startswith(MAGIC + b"\x01")
+    assert len(data) == HEADER_BYTES + 300 + 40 + 4
+    assert unpack(data) == bs
+
+
+def test_round_trip_of_the_largest_size():
+    bs = _bitstream(height=65535, width=65535, y_bytes=5, z_bytes=5)
+    assert unpack(pack(bs)) == bs
+
+
+def test_empty_and_short_inputs():
+    assert "empty" in _unpack_error(b"")
+    assert "too short" in _unpack_error(MAGIC + b"\x01")
+
+
+def test_bad_magic():
+    assert "not an ICWEM file" in _unpack_error(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    assert "not an ICWEM file" in _unpack_error(b"GIF")
+
+
+def test_unsupported_version():
+    data = bytearray(pack(_bitstream()))
+    data[5] = 2
+    assert "version 2" in _unpack_error(bytes(data))
+
+
+def test_checksum_mismatch():
+    data = bytearray(pack(_bitstream()))
+    data[-10] ^= 0x01
+    assert _unpack_error(bytes(data)) == "corrupted: checksum mismatch"
+
+
+@pytest.mark.parametrize(
+    "fields, words",
+    [
+        ({"height": 0}, "image size"),
+        ({"width": 65536}, "image size"),
+        ({"top": 64, "bottom": 0}, "padding"),
+        ({"top": 13, "bottom": 14}, "multiple of 64"),
+        ({"left": 1, "right": 29}, "multiple of 64"),
+        ({"z_h": 3}, "hyper-latent shape"),
+        ({"y_len": 299}, "string lengths"),
+        ({"z_len": 41}, "string lengths"),
+    ],
+)
+def test_inconsistent_header_is_rejected(fields, words):
+    assert words in _unpack_error(_reheader(pack(_bitstream()), **fields))
+
+
+def test_absurd_sizes_are_rejected_without_allocating():
+    data = _reheader(pack(_bitstream()), height=2**32 - 1, width=2**32 - 1, y_len=2**32 - 1, z_len=2**32 - 1)
+    start = time.perf_counter()
+    message = _unpack_error(data)
+    assert time.perf_counter() - start < 0.1
+    assert "image size" in message
+
+
+def test_string_lengths_beyond_the_file_are_rejected():
+    assert "string lengths" in _unpack_error(_reheader(pack(_bitstream()), y_len=2**32 - 1))
+
+
+def test_every_single_bit_flip_is_detected():
+    data = pack(_bitstream(height=512, width=768, y_bytes=40_000, z_bytes=1_500))
+    rng = random.Random(1234)
+    positions = rng.sample(range(len(data) * 8), 256)
+    positions += list(range(0, HEADER_BYTES * 8, 7))  # and plenty inside the header
+    for bit in positions:
+        damaged = bytearray(data)
+        damaged[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(UserError):
+            unpack(bytes(damaged))
+
+
+def test_truncation_anywhere_is_detected():
+    data = pack(_bitstream())
+    for length in range(0, len(data), 7):
+        with pytest.raises(UserError):
+            unpack(data[:length])
+
+
+def test_pack_refuses_an_impossible_bitstream():
+    good = _bitstream()
+    with pytest.raises(ValueError):
+        pack(Bitstream(good.height, good.width, (0, 0, 0, 0), good.z_shape, b"", b"", good.fingerprint))
+    with pytest.raises(ValueError):
+        pack(Bitstream(good.height, good.width, good.pad, good.z_shape, b"", b"", b"short"))
+
+
+def test_file_round_trip_is_atomic_and_leaves_no_temporary(tmp_path):
+    bs = _bitstream()
+    size = write_file(tmp_path / "out" / "a.icwem", bs)
+    assert size == (tmp_path / "out" / "a.icwem").stat().st_size
+    assert read_file(tmp_path / "out" / "a.icwem") == bs
+    assert os.listdir(tmp_path / "out") == ["a.icwem"]
+
+
+def test_read_file_errors_name_the_path(tmp_path):
+    with pytest.raises(UserError, match="not found") as info:
+        read_file(tmp_path / "missing.icwem")
+    assert "missing.icwem" in str(info.value)
+    (tmp_path / "bad.icwem").write_bytes(b"hello world, definitely not a bitstream")
+    with pytest.raises(UserError, match="bad.icwem: not an ICWEM file"):
+        read_file(tmp_path / "bad.icwem")
