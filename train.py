@@ -1,0 +1,69 @@
+"""Train ICWEM (the original's command line, plus distributed training, exact resume and mixed precision).
+
+    python -u ./train.py -d DATA --cuda --N 128 --lambda 0.05 --epochs 400 --lr_epoch 45 48 \\
+        --save_path train_result --save
+    torchrun --nproc_per_node=4 train.py -d DATA --cuda ...              # one process per GPU
+    python train.py -d DATA --cuda ... --checkpoint train_result/0.05/checkpoint_latest.pth.tar   # resume
+
+DATA holds ``train/`` and ``test/`` folders of images (searched recursively). Checkpoints and TensorBoard
+logs go to SAVE_PATH/<lambda>/. Exit codes: 0 done (or --max-steps reached), 1 user error, 130 / 143
+stopped by SIGINT / SIGTERM after saving checkpoint_latest.pth.tar.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional, Sequence
+
+from utils.cli import run_cli
+from utils.training import TrainConfig, default_num_workers, train
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # The original's flags, same names and meanings.
+    p.add_argument("-d", "--dataset", required=True, help="folder with train/ and test/ image folders")
+    p.add_argument("-e", "--epochs", type=int, default=50, help="number of epochs")
+    p.add_argument("-lr", "--learning-rate", type=float, default=1e-4, help="main Adam learning rate")
+    p.add_argument("-n", "--num-workers", type=int, default=default_num_workers(), help="data loader processes per training process")
+    p.add_argument("--lambda", dest="lmbda", type=float, default=3.0, help="rate-distortion trade-off λ")
+    p.add_argument("--batch-size", type=int, default=8, help="training batch size (per process)")
+    p.add_argument("--test-batch-size", type=int, default=8, help="test batch size (per process)")
+    p.add_argument("--aux-learning-rate", type=float, default=1e-3, help="aux Adam learning rate (entropy-bottleneck quantiles)")
+    p.add_argument("--patch-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
+                   help="training crops (random) and test crops (centre), multiples of 64")
+    p.add_argument("--cuda", action="store_true", help="train on CUDA (falls back to the CPU with a warning if there is none)")
+    p.add_argument("--save", action=argparse.BooleanOptionalAction, default=True,
+                   help="write checkpoints (on by default, as in the original; --no-save turns them off)")
+    p.add_argument("--seed", type=int, default=100, help="seed for initialisation, data order, crops and noise")
+    p.add_argument("--clip_max_norm", type=float, default=1.0, help="gradient-norm clipping (0 disables)")
+    p.add_argument("--checkpoint", help="checkpoint to resume from, or a weights-only file to fine-tune from")
+    p.add_argument("--type", choices=["mse", "ms-ssim"], default="mse", help="distortion measure of the loss")
+    p.add_argument("--save_path", default="train_result", help="checkpoints go to SAVE_PATH/<lambda>/")
+    p.add_argument("--N", type=int, default=None, help="override the model config's N (the icwem preset has 128)")
+    p.add_argument("--lr_epoch", type=int, nargs="+", default=[450, 550],
+                   help="epochs at which the learning rate is multiplied by 0.1 (MultiStepLR milestones)")
+    p.add_argument("--continue_train", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --checkpoint: continue its optimizers, schedule, epoch and data position "
+                        "(--no-continue_train: take its weights only and start afresh)")
+    p.add_argument("--skip_epoch", type=int, default=0,
+                   help="start at this epoch (the learning-rate schedule is advanced as if the skipped epochs had run)")
+    # Additions.
+    p.add_argument("--model-config", default="icwem", help="preset (icwem, icwem-n64, tiny) or JSON file")
+    p.add_argument("--device", default=None, help="device, e.g. cpu, cuda, cuda:1 (overrides --cuda)")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
+                   help="mixed precision for the forward pass, CUDA only (fp16 uses a gradient scaler)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop (saving a resumable checkpoint) after this many steps in total")
+    p.add_argument("--log-every", type=int, default=100, help="log the training losses to TensorBoard every this many steps")
+    p.add_argument("--save-every-steps", type=int, default=0,
+                   help="also save checkpoint_latest.pth.tar every this many steps within an epoch (0: only at epoch ends)")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    return train(TrainConfig(**vars(args))).exit_code
+
+
+if __name__ == "__main__":
+    run_cli(main)
