@@ -22,6 +22,8 @@ from torch import Tensor
 # Windows processed per scaled_dot_product_attention call: bounds the logits materialised at once
 # (windows × heads × w² × w² floats) so large images need little memory.
 WINDOW_CHUNK = 512
+# Outside autograd, the MLP's 4×-wide hidden layer is computed this many tokens at a time.
+MLP_CHUNK_TOKENS = 1 << 16
 
 
 class WindowAttention(nn.Module):
@@ -50,7 +52,7 @@ class WindowAttention(nn.Module):
         # Created as ((2w-1)², heads) and stored as (heads, 2w-1, 2w-1), like the original.
         self.relative_position_params = nn.Parameter(params.view(span, span, self.num_heads).permute(2, 0, 1).contiguous())
         self.register_buffer("relative_index", _relative_index(window_size), persistent=False)
-        self._mask_cache: Dict[Tuple, Optional[Tensor]] = {}
+        self._mask_cache: Dict[Tuple, Tuple[Optional[Tensor], Optional[Tensor]]] = {}
 
     def relative_bias(self) -> Tensor:
         """Bias added to the logits, ``heads × w² × w²`` (query row, key column)."""
@@ -69,7 +71,7 @@ class WindowAttention(nn.Module):
 
         nh, nw = Hp // w, Wp // w
         windows = x.view(B, nh, w, nw, w, C).permute(0, 1, 3, 2, 4, 5).reshape(B, nh * nw, w * w, C)
-        out = self._attend(windows, self._mask(H, W, x.device, x.dtype))
+        out = self._attend(windows, *self._mask(H, W, x.device, x.dtype))
         out = out.view(B, nh, nw, w, w, C).permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, C)
 
         if s:
@@ -78,44 +80,53 @@ class WindowAttention(nn.Module):
             out = out[:, :H, :W, :]
         return out
 
-    def _attend(self, windows: Tensor, mask: Optional[Tensor]) -> Tensor:
-        """Attention over ``B × nW × L × C`` windows, a chunk of windows at a time."""
+    def _attend(self, windows: Tensor, mask: Optional[Tensor], masked: Optional[Tensor]) -> Tensor:
+        """Attention over ``B × nW × L × C`` windows, a chunk of windows at a time.
+
+        Every window gets the relative-position bias (broadcast, never copied); only the few windows
+        listed in ``masked`` (last window row/column of a shifted or padded map) are redone with the
+        mask added, instead of materialising bias + mask for all windows.
+        """
         B, nW, L, C = windows.shape
         heads, hd = self.num_heads, self.head_dim
         bias = self.relative_bias().to(windows.dtype).unsqueeze(0)  # 1 × heads × L × L
-        outputs = []
+        out = windows.new_empty(B, nW, L, C)
         for start in range(0, nW, WINDOW_CHUNK):
-            chunk = windows[:, start:start + WINDOW_CHUNK]
-            n = chunk.shape[1]
+            stop = min(start + WINDOW_CHUNK, nW)
+            n = stop - start
             # Channel layout of the projection: [q of all heads, k of all heads, v of all heads].
-            qkv = self.embedding_layer(chunk).view(B * n, L, 3, heads, hd).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv.unbind(0)  # each (B·n) × heads × L × hd
-            if mask is None:
-                attn_mask = bias
-            else:
-                attn_mask = bias + mask[start:start + n].unsqueeze(1)  # n × heads × L × L
-                if B > 1:
-                    attn_mask = attn_mask.repeat(B, 1, 1, 1)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+            qkv = self.embedding_layer(windows[:, start:stop]).view(B, n, L, 3, heads, hd).permute(3, 0, 1, 4, 2, 5)
+            q, k, v = qkv.reshape(3, B * n, heads, L, hd).unbind(0)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias).view(B, n, heads, L, hd)
+            if masked is not None:
+                idx = masked[(masked >= start) & (masked < stop)]
+                if idx.numel():
+                    local = idx - start
+                    pick = lambda t: t.view(B, n, heads, L, hd)[:, local].reshape(-1, heads, L, hd)
+                    m = (bias + mask[idx].unsqueeze(1)).repeat(B, 1, 1, 1)
+                    redone = F.scaled_dot_product_attention(pick(q), pick(k), pick(v), attn_mask=m).view(B, -1, heads, L, hd)
+                    # In place only outside autograd: the attention backward may have saved ``o``.
+                    o = o.index_copy_(1, local, redone) if not torch.is_grad_enabled() else o.index_copy(1, local, redone)
             # Heads re-joined head-major (channel = head · head_dim + c) before the output projection.
-            outputs.append(o.transpose(1, 2).reshape(B, n, L, C))
-        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+            out[:, start:stop] = o.transpose(2, 3).reshape(B, n, L, C)
         return self.linear(out)
 
-    def _mask(self, H: int, W: int, device: torch.device, dtype: torch.dtype) -> Optional[Tensor]:
-        """Additive mask ``nW × L × L`` (0 or a huge negative) for shift wrap-around and padded keys."""
+    def _mask(self, H: int, W: int, device: torch.device, dtype: torch.dtype) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """Additive mask ``nW × L × L`` (0 or a huge negative) for shift wrap-around and padded keys,
+        and the indices of the windows where it is not all zero; (None, None) when nothing is masked."""
         key = (H, W, device, dtype)
         if key not in self._mask_cache:
             blocked = _blocked_pairs(H, W, self.window_size, self.shift)
             if blocked is None:
-                mask = None
+                self._mask_cache[key] = (None, None)
             else:
                 # The dtype's most negative finite value rather than -inf: a padded query whose keys
                 # are all blocked then gets a finite (discarded) output instead of NaN, and real rows
                 # are unchanged because exp(min - max) is exactly 0.
                 mask = torch.zeros(blocked.shape, dtype=dtype, device=device)
                 mask.masked_fill_(blocked.to(device), torch.finfo(dtype).min)
-            self._mask_cache[key] = mask
+                masked = blocked.flatten(1).any(1).nonzero().flatten().to(device)
+                self._mask_cache[key] = (mask, masked)
         return self._mask_cache[key]
 
 
@@ -171,5 +182,13 @@ class SwinBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.drop_path(self.msa(self.ln1(x)))
-        x = x + self.drop_path(self.mlp(self.ln2(x)))
+        B, H, W, C = x.shape
+        if torch.is_grad_enabled() or B * H * W <= MLP_CHUNK_TOKENS:
+            return x + self.drop_path(self.mlp(self.ln2(x)))
+        # Inference on a large map: bands of rows bound the hidden layer's memory. ``x`` is the fresh
+        # result of the addition above, so updating it in place touches nobody else's tensor.
+        rows = max(1, MLP_CHUNK_TOKENS // (B * W))
+        for r in range(0, H, rows):
+            band = x[:, r:r + rows]
+            band += self.mlp(self.ln2(band))
         return x

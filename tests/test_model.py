@@ -317,3 +317,43 @@ def test_pad_then_crop_is_identity(hw, mode, placement):
 def test_centre_padding_splits_evenly():
     assert compute_padding(100, 7, 64, "centre") == (14, 14, 28, 29)
     assert compute_padding(100, 7, 64, "bottom-right") == (0, 28, 0, 57)
+
+
+# ----------------------------------------------------------------------------- memory-bounding paths
+def test_enh_block_bands_equal_the_whole_image(monkeypatch):
+    import models.enhance as enhance
+
+    block = enhance.EnhBlock(channels=8, growth=4)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        x = torch.rand(1, 3, 70, 33)
+        whole = block(x)
+        monkeypatch.setattr(enhance, "TILE_PIXELS", 200)  # bands of 11 rows with 11 rows of context
+        banded = block(x)
+    assert (banded - whole).abs().max() <= 1e-6
+
+
+def test_dense_block_buffer_path_equals_training_path():
+    from models.enhance import DenseBlock
+
+    block = DenseBlock(5, 7, growth=4)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.rand(2, 5, 9, 10)
+    with torch.no_grad():
+        fast = block(x)
+    assert (block(x) - fast).abs().max() <= 1e-6
+
+
+def test_swin_mlp_bands_equal_the_whole_map(monkeypatch):
+    import models.attention as attention
+
+    block = attention.SwinBlock(dim=16, head_dim=8, window_size=4, shifted=True)
+    x = torch.randn(1, 12, 10, 16)
+    with torch.no_grad():
+        whole = block(x)
+        monkeypatch.setattr(attention, "MLP_CHUNK_TOKENS", 25)
+        banded = block(x)
+    assert (banded - whole).abs().max() <= 1e-6
