@@ -1,0 +1,100 @@
+"""Encode one image to an .icwem file, or decode an .icwem file to a PNG, with an ICWEM checkpoint.
+
+    python codec.py encode IMAGE -o FILE.icwem --checkpoint CK
+    python codec.py decode FILE.icwem -o OUT.png --checkpoint CK
+
+encode reads any image Pillow opens (each conversion it needs, e.g. alpha dropped, is printed as one
+line on stderr) and writes the bitstream; decode writes a PNG of the input's width and height, the
+same bytes test.py --real writes for that image. Both print a summary: size, bytes, bpp (all bytes of
+the file, header included), seconds. Decode with the checkpoint the file was encoded with (the file
+records its fingerprint). Both run on the CPU; a file encoded on CUDA (test.py --cuda) is only sure to
+decode on CUDA, as floating-point differences between devices can change the entropy model. Exit codes:
+0 done, 1 user error (unreadable or damaged file, not an image, wrong checkpoint, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from typing import Optional, Sequence
+
+from utils.bitstream import read_file, write_file
+from utils.cli import run_cli
+from utils.errors import UserError
+
+# PyTorch, CompressAI and the model take seconds to import, so each command imports them only after it
+# has read its input: a missing, damaged or foreign .icwem file is reported at once. CompressAI calls
+# torch.jit.script on import, which this PyTorch answers with a FutureWarning on stderr; user-facing
+# output should be our own lines only.
+warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = p.add_subparsers(dest="command", required=True)
+    enc = commands.add_parser("encode", help="image -> .icwem bitstream file")
+    enc.add_argument("input", help="image file (PNG, JPEG, WebP, BMP, TIFF, ...)")
+    enc.add_argument("-o", "--output", required=True, help=".icwem file to write")
+    enc.add_argument("--checkpoint", required=True, help="ICWEM checkpoint")
+    enc.set_defaults(run=encode)
+    dec = commands.add_parser("decode", help=".icwem bitstream file -> PNG")
+    dec.add_argument("input", help=".icwem file")
+    dec.add_argument("-o", "--output", required=True, help="PNG file to write")
+    dec.add_argument("--checkpoint", required=True, help="the ICWEM checkpoint the file was encoded with")
+    dec.set_defaults(run=decode)
+    return p.parse_args(argv)
+
+
+def encode(args: argparse.Namespace) -> int:
+    from utils.image_io import read_image
+
+    rgb, notices = read_image(args.input)
+    for notice in notices:
+        print(f"{args.input}: {notice}", file=sys.stderr)
+
+    from models import load_checkpoint
+    from utils.codec import encode_image
+
+    model = load_checkpoint(args.checkpoint)
+    bs, stats = encode_image(model, rgb)
+    num_bytes = write_file(args.output, bs)
+    print(
+        f"{args.output}: {bs.width}x{bs.height}, {num_bytes} bytes, {stats['bpp']:.4f} bpp "
+        f"(header and checksum included), encoded in {stats['encode_s']:.2f} s"
+    )
+    return 0
+
+
+def decode(args: argparse.Namespace) -> int:
+    bs = read_file(args.input)
+
+    from models import load_checkpoint
+    from utils.codec import decode_bitstream, packed_size
+    from utils.image_io import write_png
+    from utils.metrics import bits_per_pixel
+
+    model = load_checkpoint(args.checkpoint)
+    try:
+        rgb, stats = decode_bitstream(model, bs)
+    except UserError as exc:
+        raise UserError(f"{args.input}: {exc}") from None
+    try:
+        write_png(args.output, rgb)
+    except OSError as exc:
+        raise UserError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
+    num_bytes = packed_size(bs)
+    print(
+        f"{args.output}: {bs.width}x{bs.height} from {num_bytes} bytes, "
+        f"{bits_per_pixel(num_bytes, bs.height, bs.width):.4f} bpp, decoded in {stats['decode_s']:.2f} s"
+    )
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    run_cli(main)
