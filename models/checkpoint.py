@@ -23,9 +23,17 @@ def read_checkpoint(path: Union[str, Path], map_location="cpu") -> dict:
         raise UserError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot read checkpoint {path}: {first}") from None
+    except pickle.UnpicklingError:
+        # torch's own message goes on to suggest weights_only=False, i.e. running the file's code.
+        raise UserError(
+            f"cannot read checkpoint {path}: not a checkpoint of plain tensors (it is another kind of file, "
+            "or it holds Python objects that safe loading refuses)"
+        ) from None
+    except (EOFError, zipfile.BadZipFile):
+        raise UserError(f"cannot read checkpoint {path}: the file is empty or truncated") from None
+    except Exception as exc:  # a damaged file can fail anywhere inside the unpickler
+        text = " ".join(str(exc).split()).split(". ")[0] or type(exc).__name__
+        raise UserError(f"cannot read checkpoint {path}: not a readable PyTorch checkpoint ({text})") from None
     if not isinstance(obj, dict):
         raise UserError(f"cannot read checkpoint {path}: expected a dict, found {type(obj).__name__}")
     return obj
