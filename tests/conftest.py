@@ -55,3 +55,22 @@ def tiny_model(tiny_config):
     model.eval()
     model.update(force=True)
     return model
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: on a small machine shared with other processes, two threads
+    can make the tiny model 10-40x slower (they wait on each other), e.g. a 64x64 forward 0.3 s -> 11 s.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """The tiny configuration with the original's fixture weights, saved as a published checkpoint is."""
+    path = tmp_path_factory.mktemp("checkpoint") / "icwem-tiny.pth.tar"
+    torch.save({"state_dict": torch.load(TINY / "weights.pt", weights_only=True)}, path)
+    return path

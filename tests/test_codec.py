@@ -20,7 +20,7 @@ from PIL import Image
 from torch import nn
 
 from models import ICWEM, get_config, load_checkpoint
-from tests.conftest import TINY, photo
+from tests.conftest import photo
 from utils.bitstream import HEADER_BYTES, pack, unpack
 from utils.cli import run_cli
 from utils.codec import decode_bitstream, encode_image, model_fingerprint, packed_size
@@ -42,22 +42,12 @@ def _script(name: str):
 CODEC = _script("codec")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread for this module: on a small machine shared with other processes, two threads
-    make the tiny model 10-40x slower (the threads wait on each other), e.g. a 64x64 forward 0.3 s -> 11 s."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory) -> Path:
-    """The tiny configuration with the original's fixture weights, saved as a published checkpoint is."""
-    path = tmp_path_factory.mktemp("checkpoint") / "icwem-tiny.pth.tar"
-    torch.save({"state_dict": torch.load(TINY / "weights.pt", weights_only=True)}, path)
-    return path
+def checkpoint(tiny_checkpoint) -> Path:
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

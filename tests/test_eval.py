@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageOps
 
 from models import ICWEM, get_config, load_checkpoint
-from tests.conftest import TINY, photo
+from tests.conftest import photo
 from utils.bitstream import read_file
 from utils.codec import decode_bitstream, encode_image
 from utils.errors import UserError
@@ -36,14 +36,7 @@ def _script(name: str):
 EVAL, TEST, CODEC = _script("eval"), _script("test"), _script("codec")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread for this module: on a small machine shared with other processes, two threads
-    make the tiny model 10-40x slower (the threads wait on each other), e.g. a 64x64 forward 0.3 s -> 11 s."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(script, argv) -> str:
@@ -55,11 +48,8 @@ def _run(script, argv) -> str:
 
 
 @pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory) -> Path:
-    """The tiny configuration with the original's fixture weights, saved as a published checkpoint is."""
-    path = tmp_path_factory.mktemp("checkpoint") / "icwem-tiny.pth.tar"
-    torch.save({"state_dict": torch.load(TINY / "weights.pt", weights_only=True)}, path)
-    return path
+def checkpoint(tiny_checkpoint) -> Path:
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="session")

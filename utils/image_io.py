@@ -9,7 +9,6 @@ PSNR comparable between the codec, the evaluation and the anchors.
 
 from __future__ import annotations
 
-import io
 import struct
 import warnings
 import zlib
