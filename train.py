@@ -6,8 +6,8 @@
     python train.py -d DATA --cuda ... --checkpoint train_result/0.05/checkpoint_latest.pth.tar   # resume
 
 DATA holds ``train/`` and ``test/`` folders of images (searched recursively). Checkpoints and TensorBoard
-logs go to SAVE_PATH/<lambda>/. Exit codes: 0 done (or --max-steps reached), 1 user error, 130 / 143
-stopped by SIGINT / SIGTERM after saving checkpoint_latest.pth.tar.
+logs go to SAVE_PATH/<lambda>/. Exit codes: 0 done (or --max-steps / --max-minutes reached), 1 user error,
+130 / 143 stopped by SIGINT / SIGTERM after saving checkpoint_latest.pth.tar.
 """
 
 from __future__ import annotations
@@ -54,6 +54,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
                    help="mixed precision for the forward pass, CUDA only (fp16 uses a gradient scaler)")
     p.add_argument("--max-steps", type=int, default=None, help="stop (saving a resumable checkpoint) after this many steps in total")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop (saving a resumable checkpoint) after the step during which this many minutes of "
+                        "training have passed in this invocation")
     p.add_argument("--log-every", type=int, default=100, help="log the training losses to TensorBoard every this many steps")
     p.add_argument("--save-every-steps", type=int, default=0,
                    help="also save checkpoint_latest.pth.tar every this many steps within an epoch (0: only at epoch ends)")

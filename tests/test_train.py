@@ -200,6 +200,26 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(data, tmp_path, st
     assert straight.optimizer.param_groups[0]["lr"] == pytest.approx(1e-5)  # the milestone at epoch 1 applied
 
 
+def test_max_minutes_stops_mid_epoch_with_a_checkpoint_that_resumes_exactly(data, tmp_path, straight_run, capsys):
+    straight, _ = straight_run
+    first = train(config(data, tmp_path, max_minutes=0))  # out of time at once: the first step is the last
+    assert first.exit_code == 0 and first.step == 1 and not first.history
+    assert "stopped at epoch 0 step 1 (--max-minutes 0)" in capsys.readouterr().out
+    latest = tmp_path / "0.05" / LATEST
+    assert torch.load(latest, weights_only=True)["data_position"] == {"epoch": 0, "samples": 2, "batch_size": 2,
+                                                                      "world_size": 1}
+    resumed = train(config(data, tmp_path, max_steps=3, checkpoint=str(latest)))
+    assert_same_tensors(straight.model.state_dict(), resumed.model.state_dict())
+
+
+def test_max_minutes_reached_on_an_epochs_last_step_finishes_that_epoch(data, tmp_path):
+    result = train(config(data, tmp_path, batch_size=4, max_minutes=0))  # one step per epoch
+    assert result.exit_code == 0 and result.step == 1
+    assert [epoch["epoch"] for epoch in result.history] == [0]  # tested, then stopped before epoch 1
+    assert (tmp_path / "0.05" / "checkpoint_best.pth.tar").is_file()
+    assert torch.load(tmp_path / "0.05" / LATEST, weights_only=True)["data_position"]["epoch"] == 1
+
+
 @pytest.mark.parametrize("layout", ["state_dict only", "bare state dict"])
 def test_weights_only_file_fine_tunes_with_fresh_optimizers(data, tmp_path, straight_run, layout):
     straight, straight_out = straight_run

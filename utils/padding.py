@@ -1,8 +1,9 @@
 """Pad an arbitrary image to the model's size multiple (64) and crop the result back.
 
 The mode and placement were chosen by measurement (``tools/padding_study.py``, results in the
-README): replicate padding at the bottom/right costs fewer bits than the original's centred zero
-padding, because it adds no artificial edges for the transforms to code.
+README): zeros at the bottom/right cost the fewest real bytes of the five variants measured (0.6 %
+fewer than the original's centred zeros; all variants were within 1 %), and keep the image at the
+origin, so cropping back is a plain slice.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 DEFAULT_MULTIPLE = 64
-DEFAULT_MODE = "replicate"
+DEFAULT_MODE = "constant"
 DEFAULT_PLACEMENT = "bottom-right"
 
 

@@ -20,7 +20,8 @@ a fresh run (epoch 0, new optimizers) from those weights.
 
 Stopping: SIGINT (Ctrl-C) or SIGTERM finishes the current step, writes ``checkpoint_latest.pth.tar`` and
 returns exit code 130 or 143 (128 + the signal number); a second Ctrl-C aborts at once without saving.
-``--max-steps`` stops the same way with exit code 0.
+``--max-steps`` stops the same way with exit code 0, and so does ``--max-minutes``: the step during which
+that much time has passed in the training loop (this invocation's, not the run's total) is the last.
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ class TrainConfig:
     device: Optional[str] = None
     amp: str = "none"
     max_steps: Optional[int] = None
+    max_minutes: Optional[float] = None
     log_every: int = 100
     save_every_steps: int = 0
 
@@ -166,6 +168,8 @@ def check_config(cfg: TrainConfig) -> None:
                    "--save-every-steps": cfg.save_every_steps, "--clip_max_norm": cfg.clip_max_norm}
     if cfg.max_steps is not None:
         nonnegative["--max-steps"] = cfg.max_steps
+    if cfg.max_minutes is not None:
+        nonnegative["--max-minutes"] = cfg.max_minutes
     for flag, value in nonnegative.items():
         if value < 0:
             raise UserError(f"{flag} must not be negative, got {value}")
@@ -411,10 +415,10 @@ def train(cfg: TrainConfig) -> TrainResult:
             if epoch % EPOCH_CHECKPOINT_EVERY == 0:
                 copy_checkpoint(save_dir / LATEST, save_dir / f"{epoch}_checkpoint.pth.tar")
 
-    def stopped(signum: int) -> TrainResult:
-        """Report a stop by signal (exit code 128 + its number) or by --max-steps (exit code 0)."""
+    def stopped(signum: int, reason: str = "") -> TrainResult:
+        """Report a stop by signal (exit code 128 + its number), --max-steps or --max-minutes (exit code 0)."""
         if master:
-            reason = signal.Signals(signum).name if signum else f"--max-steps {cfg.max_steps}"
+            reason = signal.Signals(signum).name if signum else reason or f"--max-steps {cfg.max_steps}"
             resume = f"; resume with --checkpoint {save_dir / LATEST}" if cfg.save else ""
             print(f"stopped at epoch {epoch} step {step} ({reason}){resume}", flush=True)
         return finish(128 + signum if signum else 0)
@@ -429,6 +433,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     short = {"loss": "loss", "bpp_loss": "bpp", "mse_loss": "mse", "ms_ssim_loss": "ms-ssim"}
     history: List[dict] = []
     is_best = False
+    # The time limit is read at every step and agreed on by all ranks with the stop signals, so that every
+    # rank stops at the same step whatever its clock says.
+    deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes is not None else math.inf
+    out_of_time = 0.0
+    time_reason = f"--max-minutes {cfg.max_minutes:g}" if cfg.max_minutes is not None else ""
     model.train()
     with StopSignals() as signals:
         if master:
@@ -439,6 +448,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         for epoch in range(epoch, cfg.epochs):
             if cfg.max_steps is not None and step >= cfg.max_steps:
                 return finish(0)
+            if out_of_time:  # the time ran out in the last step of the previous epoch
+                return stopped(0, time_reason)
             train_set.set_epoch(epoch)
             train_sampler.set_epoch(epoch, start=samples_done)
             sums: Dict[str, float] = {}
@@ -455,8 +466,9 @@ def train(cfg: TrainConfig) -> TrainResult:
                 loss = terms["loss"]
                 # All ranks must agree before backward: DDP's all-reduce needs every rank, and a stop
                 # request must be honoured by all of them at the same step.
-                nonfinite, stop_signum = all_reduce_max([float(not torch.isfinite(loss).item()), float(signals.signum or 0)],
-                                                        ctx, device)
+                time_up = float(time.monotonic() >= deadline)
+                nonfinite, stop_signum, out_of_time = all_reduce_max(
+                    [float(not torch.isfinite(loss).item()), float(signals.signum or 0), time_up], ctx, device)
                 skipped, aux_unscaled = bool(nonfinite), False
                 if not skipped:
                     if scaler is not None:
@@ -512,10 +524,12 @@ def train(cfg: TrainConfig) -> TrainResult:
                         writer.add_scalar("train/skipped_steps", skipped_steps, step)
 
                 epoch_trained = samples_done >= samples_per_epoch
-                if stop_signum or (cfg.max_steps is not None and step >= cfg.max_steps and not epoch_trained):
+                # A step that ends the epoch lets the epoch's test pass and checkpoints happen first.
+                steps_done = cfg.max_steps is not None and step >= cfg.max_steps
+                if stop_signum or ((steps_done or out_of_time) and not epoch_trained):
                     bar.close()
                     save("step", epoch_done=False)
-                    return stopped(int(stop_signum))
+                    return stopped(int(stop_signum), "" if steps_done else time_reason)
                 if cfg.save_every_steps and step % cfg.save_every_steps == 0 and not epoch_trained:
                     save("step", epoch_done=False)
             bar.close()
