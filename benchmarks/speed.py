@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import gc
 import platform
 import statistics
 import sys
@@ -38,6 +40,10 @@ def _reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     else:
+        # Hand memory freed by earlier measurements back to the OS first, so that the peak below is
+        # this operation's own and not what glibc kept from a previous, larger one.
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
         with contextlib.suppress(OSError):
             Path("/proc/self/clear_refs").write_text("5")  # Linux: reset VmHWM to the current RSS
 
@@ -62,6 +68,7 @@ def time_runs(fn: Callable[[], object], runs: int, device: torch.device) -> Dict
     """One warm-up, then ``runs`` timed calls; returns median/min seconds and the peak memory."""
     fn()
     _sync(device)
+    gc.collect()
     _reset_peak_memory(device)
     times = []
     for _ in range(runs):
