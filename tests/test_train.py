@@ -30,13 +30,10 @@ CHECKPOINT_KEYS = {"epoch", "state_dict", "loss", "optimizer", "aux_optimizer", 
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Two shared cores: keep every in-process run on one thread (module scope, so that it is in force
-    before the module-scoped runs; bit-identical results also need the same thread count)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
+    """One thread for the whole module, in force before its module-scoped runs (bit-identical results
+    also need the same thread count); the fixture itself is conftest's."""
     yield
-    torch.set_num_threads(threads)
 
 
 def write_photo(path: Path, name: str, top: int, left: int, h: int, w: int) -> None:

@@ -59,22 +59,22 @@ def destroy_process_group(ctx: DistributedContext) -> None:
         dist.destroy_process_group()
 
 
-def all_reduce_max(values: List[float], ctx: DistributedContext, device: torch.device) -> List[float]:
-    """Element-wise maximum over the ranks, e.g. "any rank wants to stop" flags that all must agree on."""
+def _all_reduce(values: List[float], op, ctx: DistributedContext, device: torch.device) -> List[float]:
     if not ctx.ddp:
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=op)
     return t.tolist()
+
+
+def all_reduce_max(values: List[float], ctx: DistributedContext, device: torch.device) -> List[float]:
+    """Element-wise maximum over the ranks, e.g. "any rank wants to stop" flags that all must agree on."""
+    return _all_reduce(values, dist.ReduceOp.MAX, ctx, device)
 
 
 def all_reduce_sum(values: List[float], ctx: DistributedContext, device: torch.device) -> List[float]:
     """Element-wise sum over the ranks (test-set totals)."""
-    if not ctx.ddp:
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
+    return _all_reduce(values, dist.ReduceOp.SUM, ctx, device)
 
 
 def all_gather_object(obj, ctx: DistributedContext) -> list:
