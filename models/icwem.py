@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -18,6 +18,8 @@ from torch import Tensor
 from .blocks import SWAtten, tcb_stage
 from .enhance import EnhModule
 from .inn import InvertibleNetwork
+from .portable import PORTABLE_DTYPE, coder_check, parameter_nets, scale_indexes, update_tables, z_symbols
+from .rans_guard import guarded
 
 # Buffers that update() derives from the parameters; left out of the fingerprint so that it does not
 # depend on whether update() has run.
@@ -183,25 +185,29 @@ class ICWEM(CompressionModel):
         latent_scales: Tensor,
         y_hw: Tuple[int, int],
         quantize: Callable[[int, Tensor, Tensor], Tensor],
+        nets: Optional[nn.Module] = None,
     ) -> Tuple[Tensor, Tensor, Tensor]:
         """Run the channel-wise entropy model over all slices; returns ŷ, μ and σ (slices concatenated).
 
         ``quantize(i, μ_i, σ_i)`` returns the quantised slice ŷ_i (before LRP). It is the only part
         that differs between the forward pass (rounding with likelihoods), compress (symbols to the
-        coder) and decompress (symbols from the coder), so the three share this loop.
+        coder) and decompress (symbols from the coder), so the three share this loop. ``nets`` holds the
+        SWAtten and mean / scale / LRP networks to run (default: this model's own; real coding passes
+        their float64 copy, see :meth:`_parameter_path`).
         """
+        nets = self if nets is None else nets
         H, W = y_hw
         y_hat_slices: List[Tensor] = []
         means: List[Tensor] = []
         scales: List[Tensor] = []
         for i in range(self.num_slices):
             support = y_hat_slices[: self._num_support(i)]
-            mean_in = self.atten_mean[i](torch.cat([latent_means, *support], dim=1))
-            mu = self.cc_mean_transforms[i](mean_in)[:, :, :H, :W]
-            scale_in = self.atten_scale[i](torch.cat([latent_scales, *support], dim=1))
-            sigma = self.cc_scale_transforms[i](scale_in)[:, :, :H, :W]
+            mean_in = nets.atten_mean[i](torch.cat([latent_means, *support], dim=1))
+            mu = nets.cc_mean_transforms[i](mean_in)[:, :, :H, :W]
+            scale_in = nets.atten_scale[i](torch.cat([latent_scales, *support], dim=1))
+            sigma = nets.cc_scale_transforms[i](scale_in)[:, :, :H, :W]
             y_hat_i = quantize(i, mu, sigma)
-            lrp = self.lrp_transforms[i](torch.cat([mean_in, y_hat_i], dim=1))
+            lrp = nets.lrp_transforms[i](torch.cat([mean_in, y_hat_i], dim=1))
             y_hat_slices.append(y_hat_i + 0.5 * torch.tanh(lrp))
             means.append(mu)
             scales.append(sigma)
@@ -238,6 +244,23 @@ class ICWEM(CompressionModel):
         }
 
     # ------------------------------------------------------------------ real entropy coding
+    # Real coding computes the entropy parameters portably (float64 on the CPU, models/portable.py), so
+    # a file decodes on any machine. False runs them like the forward pass (the original's float32
+    # coding, not portable): only for measuring what portability costs.
+    portable_coding: bool = True
+
+    def update(self, scale_table=None, force: bool = False, update_quantiles: bool = False) -> bool:
+        """Build the entropy coder tables, from float64 pmfs on the pinned scale table (portable.py)."""
+        if scale_table is not None:
+            raise ValueError("ICWEM's scale table is pinned (models/portable.py SCALE_TABLE) so files decode anywhere")
+        return update_tables(self, force=force, update_quantiles=update_quantiles)
+
+    def _parameter_path(self, z_hat: Tensor) -> Tuple[nn.Module, Tensor]:
+        """The networks that decide the coder's inputs, and ẑ in the dtype and on the device they run."""
+        if not self.portable_coding:
+            return self, z_hat
+        return parameter_nets(self), z_hat.to("cpu", PORTABLE_DTYPE)
+
     def _coder_tables(self) -> Tuple[list, list, list]:
         gc = self.gaussian_conditional
         if gc._offset.numel() == 0:
@@ -247,26 +270,29 @@ class ICWEM(CompressionModel):
     def compress(self, x: Tensor, return_y_hat: bool = False) -> Dict:
         """Code each image of the batch into one y string (all slices) and one z string.
 
-        ``return_y_hat`` also returns the encoder's own ŷ, which the decoder must rebuild exactly.
+        ``checks`` holds, per image, the CRC-32 of the symbols and scale indexes the decoder must rebuild
+        (``portable.coder_check``); ``return_y_hat`` also returns the encoder's own ŷ.
         """
         cdfs, cdf_lengths, offsets = self._coder_tables()
         y = self.analysis(x)
         z = self.h_a(y)
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
-        latent_means, latent_scales = self.hyper_synthesis(z_hat)
+        nets, z_in = self._parameter_path(z_hat)
+        latent_means, latent_scales = nets.hyper_synthesis(z_in)
 
-        y_slices = y.chunk(self.num_slices, dim=1)
+        y_slices = y.to(z_in.device, z_in.dtype).chunk(self.num_slices, dim=1)
         symbols: List[Tensor] = []
         indexes: List[Tensor] = []
 
         def record_slice(i: int, mu: Tensor, sigma: Tensor) -> Tensor:
             q = self.gaussian_conditional.quantize(y_slices[i], "symbols", mu)
             symbols.append(q)
-            indexes.append(self.gaussian_conditional.build_indexes(sigma))
+            indexes.append(scale_indexes(sigma))
             return self.gaussian_conditional.dequantize(q, mu)
 
-        y_hat, _, _ = self._code_slices(latent_means, latent_scales, y.shape[-2:], record_slice)
+        y_hat, _, _ = self._code_slices(latent_means, latent_scales, y.shape[-2:], record_slice, nets)
+        y_hat = y_hat.to(z_hat.device, z_hat.dtype)
 
         y_strings = []
         for b in range(x.shape[0]):
@@ -278,38 +304,56 @@ class ICWEM(CompressionModel):
                 cdfs, cdf_lengths, offsets,
             )
             y_strings.append(encoder.flush())
-        out = {"strings": [y_strings, z_strings], "shape": z.shape[-2:]}
+        z_q = z_symbols(self.entropy_bottleneck, z_hat)
+        checks = [coder_check(z_q[b], [s[b] for s in symbols], [t[b] for t in indexes]) for b in range(x.shape[0])]
+        out = {"strings": [y_strings, z_strings], "shape": z.shape[-2:], "checks": checks}
         if return_y_hat:
             out["y_hat"] = y_hat
         return out
 
     def decompress(self, strings: Sequence[Sequence[bytes]], shape: Sequence[int]) -> Dict:
-        """Inverse of :meth:`compress`: rebuilds the same entropy parameters and decodes ŷ, then x̂."""
+        """Inverse of :meth:`compress`: rebuilds the same entropy parameters and decodes ŷ, then x̂.
+
+        Every string is checked and given a zero guard first (``rans_guard``), so no input makes the
+        rANS decoder read memory that is not ours; ``checks`` are the CRCs of what was decoded, to
+        compare with the encoder's.
+        """
         cdfs, cdf_lengths, offsets = self._coder_tables()
         y_strings, z_strings = strings
         if len(y_strings) != len(z_strings):
             raise ValueError("y and z strings disagree on the batch size")
-        z_hat = self.entropy_bottleneck.decompress(z_strings, shape)
-        latent_means, latent_scales = self.hyper_synthesis(z_hat)
-        y_hw = (4 * z_hat.shape[2], 4 * z_hat.shape[3])
+        z_h, z_w = (int(side) for side in shape)
+        z_count = self.entropy_bottleneck._quantized_cdf.shape[0] * z_h * z_w
+        y_hw = (4 * z_h, 4 * z_w)
+        y_count = self.config["M"] * y_hw[0] * y_hw[1]
+        z_hat = self.entropy_bottleneck.decompress([guarded(s, z_count, "z") for s in z_strings], (z_h, z_w))
+        nets, z_in = self._parameter_path(z_hat)
+        latent_means, latent_scales = nets.hyper_synthesis(z_in)
 
         decoders = []
         for s in y_strings:
             decoder = RansDecoder()
-            decoder.set_stream(s)
+            decoder.set_stream(guarded(s, y_count, "y"))
             decoders.append(decoder)
+        symbols: List[Tensor] = []
+        indexes: List[Tensor] = []
 
         def decode_slice(i: int, mu: Tensor, sigma: Tensor) -> Tensor:
-            index = self.gaussian_conditional.build_indexes(sigma)
+            index = scale_indexes(sigma)
             values = [
                 decoder.decode_stream(index[b].reshape(-1).tolist(), cdfs, cdf_lengths, offsets)
                 for b, decoder in enumerate(decoders)
             ]
             q = torch.tensor(values, dtype=torch.int32).view(index.shape).to(mu.device)
+            symbols.append(q)
+            indexes.append(index)
             return self.gaussian_conditional.dequantize(q, mu)
 
-        y_hat, _, _ = self._code_slices(latent_means, latent_scales, y_hw, decode_slice)
-        return {"x_hat": self.synthesis(y_hat, clamp=True), "y_hat": y_hat}
+        y_hat, _, _ = self._code_slices(latent_means, latent_scales, y_hw, decode_slice, nets)
+        y_hat = y_hat.to(z_hat.device, z_hat.dtype)
+        z_q = z_symbols(self.entropy_bottleneck, z_hat)
+        checks = [coder_check(z_q[b], [s[b] for s in symbols], [t[b] for t in indexes]) for b in range(len(y_strings))]
+        return {"x_hat": self.synthesis(y_hat, clamp=True), "y_hat": y_hat, "checks": checks}
 
     # ------------------------------------------------------------------ identity
     def fingerprint(self) -> bytes:

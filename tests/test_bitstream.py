@@ -1,5 +1,6 @@
 """The .icwem format round-trips, and every damaged or hostile file is a one-line UserError."""
 
+import dataclasses
 import os
 import random
 import struct
@@ -8,7 +9,18 @@ import zlib
 
 import pytest
 
-from utils.bitstream import HEADER_BYTES, MAGIC, Bitstream, pack, read_file, unpack, write_file
+from utils.bitstream import (
+    DEFAULT_MAX_PIXELS,
+    HEADER_BYTES,
+    MAGIC,
+    Bitstream,
+    file_size,
+    pack,
+    pixel_limit_problem,
+    read_file,
+    unpack,
+    write_file,
+)
 from utils.errors import UserError
 
 
@@ -23,7 +35,17 @@ def _bitstream(height=100, width=70, y_bytes=300, z_bytes=40) -> Bitstream:
         y_string=rng.randbytes(y_bytes),
         z_string=rng.randbytes(z_bytes),
         fingerprint=bytes(range(16)),
+        check=rng.getrandbits(32),
     )
+
+
+def version_1_bytes(bs: Bitstream) -> bytes:
+    """The version-1 file of ``bs`` (no coder check), written field by field as the old writer did."""
+    header = struct.pack(
+        "<5sB16sII4H2HII", MAGIC, 1, bs.fingerprint, bs.height, bs.width, *bs.pad, *bs.z_shape,
+        len(bs.y_string), len(bs.z_string),
+    )
+    return _with_crc(header + bs.z_string + bs.y_string)
 
 
 def _with_crc(body: bytes) -> bytes:
@@ -33,8 +55,8 @@ def _with_crc(body: bytes) -> bytes:
 def _reheader(data: bytes, **fields) -> bytes:
     """Rewrite header fields of a packed file and fix its CRC, to reach the checks after the CRC."""
     names = ["magic", "version", "fingerprint", "height", "width", "top", "bottom", "left", "right"]
-    names += ["z_h", "z_w", "y_len", "z_len"]
-    fmt = struct.Struct("<5sB16sII4H2HII")
+    names += ["z_h", "z_w", "y_len", "z_len", "check"]
+    fmt = struct.Struct("<5sB16sII4H2HIII")
     values = dict(zip(names, fmt.unpack_from(data)))
     values.update(fields)
     return _with_crc(fmt.pack(*(values[n] for n in names)) + data[fmt.size : -4])
@@ -50,9 +72,31 @@ def _unpack_error(data: bytes) -> str:
 def test_round_trip():
     bs = _bitstream()
     data = pack(bs)
-    assert data.startswith(MAGIC + b"\x01")
-    assert len(data) == HEADER_BYTES + 300 + 40 + 4
+    assert data.startswith(MAGIC + b"\x02")
+    assert len(data) == HEADER_BYTES + 300 + 40 + 4 == file_size(bs)
     assert unpack(data) == bs
+
+
+def test_version_1_files_are_still_read():
+    bs = _bitstream()
+    data = version_1_bytes(bs)
+    assert len(data) == 54 + 300 + 40 == file_size(dataclasses.replace(bs, check=None))
+    assert unpack(data) == dataclasses.replace(bs, check=None)
+
+
+def test_pack_needs_the_coder_check():
+    with pytest.raises(ValueError, match="coder check"):
+        pack(dataclasses.replace(_bitstream(), check=None))
+    with pytest.raises(ValueError, match="coder check"):
+        pack(dataclasses.replace(_bitstream(), check=2**32))
+
+
+def test_pixel_limit_follows_pillow():
+    assert DEFAULT_MAX_PIXELS == 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS
+    small, huge = _bitstream(), _bitstream(height=9472, width=9472, y_bytes=8, z_bytes=8)
+    assert pixel_limit_problem(small) is None
+    assert "--max-pixels" in pixel_limit_problem(huge)
+    assert pixel_limit_problem(huge, max_pixels=9472 * 9472) is None
 
 
 def test_round_trip_of_the_largest_size():
@@ -72,8 +116,8 @@ def test_bad_magic():
 
 def test_unsupported_version():
     data = bytearray(pack(_bitstream()))
-    data[5] = 2
-    assert "version 2" in _unpack_error(bytes(data))
+    data[5] = 3
+    assert "version 3" in _unpack_error(bytes(data))
 
 
 def test_checksum_mismatch():

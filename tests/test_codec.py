@@ -25,7 +25,7 @@ from utils.bitstream import HEADER_BYTES, pack, unpack
 from utils.cli import run_cli
 from utils.codec import decode_bitstream, encode_image, model_fingerprint, packed_size
 from utils.errors import UserError
-from utils.image_io import MAX_PIXELS
+from utils.bitstream import DEFAULT_MAX_PIXELS
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI_TIMEOUT_S = 120  # a hang fails the test instead of stalling the suite
@@ -135,10 +135,10 @@ def test_bitstream_of_other_weights_is_refused(model, coded):
 
 
 def test_claimed_size_above_the_image_limit_is_refused_before_decoding(model, coded):
-    side = 20032  # 20032**2 > MAX_PIXELS; a consistent header, so only the decoder can refuse it
-    assert side * side > MAX_PIXELS
-    huge = dataclasses.replace(unpack(coded[0]), height=side, width=side, pad=(0, 0, 0, 0), z_shape=(313, 313))
-    with pytest.raises(UserError, match="pixel limit"):
+    side = 9472  # 9472**2 > DEFAULT_MAX_PIXELS; a consistent header, so only the decoder can refuse it
+    assert side * side > DEFAULT_MAX_PIXELS
+    huge = dataclasses.replace(unpack(coded[0]), height=side, width=side, pad=(0, 0, 0, 0), z_shape=(148, 148))
+    with pytest.raises(UserError, match="above the limit of 89478485 pixels"):
         decode_bitstream(model, unpack(pack(huge)))
 
 
@@ -177,11 +177,11 @@ def test_every_truncation_and_any_appended_byte_is_refused(model, coded):
     assert _decode_bytes(model, data + b"\0") is None
 
 
-def test_damaged_strings_behind_a_valid_checksum_decode_or_fail_cleanly(model, coded):
-    """The checksum cannot catch damage made before it was computed; the decoder must still not crash.
+def test_damaged_strings_behind_a_valid_checksum_are_refused_never_decoded_differently(model, coded):
+    """The checksum cannot catch damage made before it was computed; the coder check (version 2) does.
 
-    Such a stream may decode to another picture (nothing in it says otherwise); what must not happen is
-    an exception other than UserError, a crash of the native decoder, or an image of the wrong size.
+    Such a stream must end in a UserError (a stream no encoder writes, or other symbols than the
+    encoder's) or decode to the very same picture, never crash the native decoder.
     """
     data, reference = coded
     bs = unpack(data)
@@ -196,7 +196,21 @@ def test_damaged_strings_behind_a_valid_checksum_decode_or_fail_cleanly(model, c
         damaged.append(pack(dataclasses.replace(bs, y_string=y_string, z_string=z_string)))
     for stream in damaged:
         decoded = _decode_bytes(model, stream)
-        assert decoded is None or (decoded.shape == reference.shape and decoded.dtype == np.uint8)
+        assert decoded is None or np.array_equal(decoded, reference)
+
+
+def test_version_1_files_still_decode_to_the_same_picture(model, coded):
+    from tests.test_bitstream import version_1_bytes
+
+    data, reference = coded
+    assert np.array_equal(_decode_bytes(model, version_1_bytes(unpack(data))), reference)
+
+
+def test_a_wrong_coder_check_is_refused_in_one_line(model, coded):
+    bs = unpack(coded[0])
+    with pytest.raises(UserError, match="differ from the encoder's") as info:
+        decode_bitstream(model, dataclasses.replace(bs, check=bs.check ^ 1))
+    assert "\n" not in str(info.value)
 
 
 # ------------------------------------------------------------------------------------------ codec.py
@@ -272,7 +286,7 @@ def _hostile_files(data: bytes) -> dict[str, bytes]:
     absurd_length = header.copy()
     struct.pack_into("<I", absurd_length, 42, 2**32 - 1)  # y_string length
     wrong_version = bytearray(data)
-    wrong_version[5] = 2
+    wrong_version[5] = 3
     files = {
         "empty": b"",
         "truncated": data[: len(data) // 2],

@@ -1,10 +1,10 @@
 """The ``.icwem`` file: one coded image, self-describing and checksummed.
 
-Layout (little-endian)::
+Layout (little-endian), version 2::
 
     offset  size  field
          0     5  magic b"ICWEM"
-         5     1  format version (u8) = 1
+         5     1  format version (u8) = 2
          6    16  model fingerprint (which weights can decode this file)
         22     4  original height (u32)
         26     4  original width (u32)
@@ -12,8 +12,14 @@ Layout (little-endian)::
         38     4  hyper-latent z height, width (u16 each)
         42     4  length of y_string (u32)
         46     4  length of z_string (u32)
-        50        z_string, then y_string
+        50     4  coder check (u32): CRC-32 of the symbols and scale indexes the decoder must rebuild
+        54        z_string, then y_string
        end-4   4  CRC-32 (zlib.crc32) of every byte before it (u32)
+
+Version 1 is the same without the coder check (the strings start at offset 50); it is still read.
+The trailing CRC catches damage to the file; the coder check catches a decoder that, from intact
+bytes, rebuilt other symbols than the encoder coded (models/portable.py explains why that should not
+happen, and this is how we would know).
 
 ``unpack`` trusts nothing: it checks the header and checksum before the decoder sees any field, so a
 damaged or hostile file gives a one-line ``UserError`` instead of a crash or a huge allocation.
@@ -34,16 +40,21 @@ from .errors import UserError
 PathLike = Union[str, Path]
 
 MAGIC = b"ICWEM"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 FINGERPRINT_BYTES = 16
 # The padded image must be a multiple of the model's total downsampling (y: 16, z: 64).
 PAD_MULTIPLE = 64
 MAX_SIDE = 65535
 
-_HEADER = struct.Struct("<5sB16sII4H2HII")
+_HEADERS = {1: struct.Struct("<5sB16sII4H2HII"), 2: struct.Struct("<5sB16sII4H2HIII")}
+_HEADER = _HEADERS[VERSION]
 _CRC = struct.Struct("<I")
 HEADER_BYTES = _HEADER.size
 OVERHEAD_BYTES = _HEADER.size + _CRC.size
+_MIN_OVERHEAD_BYTES = min(h.size for h in _HEADERS.values()) + _CRC.size
+# Pillow's default limit on decoded image size (Image.MAX_IMAGE_PIXELS, ~89.5 MP); --max-pixels raises it.
+DEFAULT_MAX_PIXELS = 89_478_485
 
 
 @dataclass(frozen=True)
@@ -51,7 +62,8 @@ class Bitstream:
     """Everything needed to decode one image: geometry, entropy-coded strings, model fingerprint.
 
     ``pad`` is (top, bottom, left, right) pixels added to reach a multiple of 64; ``z_shape`` is the
-    hyper-latent's spatial size, which the decoder needs before it can decode ``z_string``.
+    hyper-latent's spatial size, which the decoder needs before it can decode ``z_string``. ``check``
+    is the coder check (``models.portable.coder_check``); None for a version-1 file, which has none.
     """
 
     height: int
@@ -61,13 +73,16 @@ class Bitstream:
     y_string: bytes
     z_string: bytes
     fingerprint: bytes
+    check: Optional[int] = None
 
 
 def pack(bs: Bitstream) -> bytes:
-    """Serialise a ``Bitstream`` to the bytes of an ``.icwem`` file (see the module docstring)."""
+    """Serialise a ``Bitstream`` to the bytes of a version-2 ``.icwem`` file (see the module docstring)."""
     problem = _geometry_problem(bs.height, bs.width, bs.pad, bs.z_shape)
     if problem is None and len(bs.fingerprint) != FINGERPRINT_BYTES:
         problem = f"fingerprint must be {FINGERPRINT_BYTES} bytes, got {len(bs.fingerprint)}"
+    if problem is None and not (isinstance(bs.check, int) and 0 <= bs.check < 2**32):
+        problem = f"coder check must be a 32-bit unsigned integer, got {bs.check!r}"
     if problem is None and max(len(bs.y_string), len(bs.z_string)) >= 2**32:
         problem = "entropy-coded string longer than 4 GiB"
     if problem is not None:
@@ -82,6 +97,7 @@ def pack(bs: Bitstream) -> bytes:
         *bs.z_shape,
         len(bs.y_string),
         len(bs.z_string),
+        bs.check,
     )
     body = header + bytes(bs.z_string) + bytes(bs.y_string)
     return body + _CRC.pack(zlib.crc32(body))
@@ -95,30 +111,36 @@ def unpack(data: bytes) -> Bitstream:
     """
     if len(data) == 0:
         raise UserError("empty file, not an ICWEM file")
-    if len(data) < OVERHEAD_BYTES:
+    if len(data) < _MIN_OVERHEAD_BYTES:
         if not MAGIC.startswith(bytes(data[: len(MAGIC)])):
             raise UserError("not an ICWEM file")
-        raise UserError(f"too short to be an ICWEM file ({len(data)} bytes, header alone is {OVERHEAD_BYTES})")
+        raise UserError(f"too short to be an ICWEM file ({len(data)} bytes, header alone is {_MIN_OVERHEAD_BYTES})")
     if bytes(data[: len(MAGIC)]) != MAGIC:
         raise UserError("not an ICWEM file")
     version = data[len(MAGIC)]
-    if version != VERSION:
-        raise UserError(f"unsupported ICWEM format version {version} (this build reads version {VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise UserError(f"unsupported ICWEM format version {version} (this build reads versions 1 and {VERSION})")
+    header = _HEADERS[version]
+    overhead = header.size + _CRC.size
+    if len(data) < overhead:
+        raise UserError(f"too short to be an ICWEM file ({len(data)} bytes, header alone is {overhead})")
     (stored_crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
     if zlib.crc32(memoryview(data)[: len(data) - _CRC.size]) != stored_crc:
         raise UserError("corrupted: checksum mismatch")
 
-    _, _, fingerprint, height, width, top, bottom, left, right, z_h, z_w, y_len, z_len = _HEADER.unpack_from(data)
+    fields = header.unpack_from(data)
+    _, _, fingerprint, height, width, top, bottom, left, right, z_h, z_w, y_len, z_len = fields[:13]
+    check = fields[13] if version >= 2 else None
     pad, z_shape = (top, bottom, left, right), (z_h, z_w)
     problem = _geometry_problem(height, width, pad, z_shape)
     if problem is not None:
         raise UserError(f"corrupted header: {problem}")
-    if OVERHEAD_BYTES + y_len + z_len != len(data):
+    if overhead + y_len + z_len != len(data):
         raise UserError(
             f"corrupted header: declared string lengths ({z_len} + {y_len} bytes) do not match the file "
-            f"size ({len(data)} bytes with a {OVERHEAD_BYTES}-byte header and checksum)"
+            f"size ({len(data)} bytes with a {overhead}-byte header and checksum)"
         )
-    z_start = HEADER_BYTES
+    z_start = header.size
     y_start = z_start + z_len
     return Bitstream(
         height=height,
@@ -128,7 +150,29 @@ def unpack(data: bytes) -> Bitstream:
         y_string=bytes(data[y_start : y_start + y_len]),
         z_string=bytes(data[z_start:y_start]),
         fingerprint=bytes(fingerprint),
+        check=check,
     )
+
+
+def file_size(bs: Bitstream) -> int:
+    """Size in bytes of the ``.icwem`` file holding ``bs`` (version 1 when it has no coder check)."""
+    header = _HEADERS[VERSION if bs.check is not None else 1]
+    return header.size + _CRC.size + len(bs.y_string) + len(bs.z_string)
+
+
+def pixel_limit_problem(bs: Bitstream, max_pixels: int = DEFAULT_MAX_PIXELS) -> Optional[str]:
+    """Why decoding ``bs`` is refused under the pixel limit (Pillow's convention), or None.
+
+    Checked from the header alone, before any tensor exists: decoding work and memory grow with the
+    claimed size, whatever the strings hold.
+    """
+    pixels = bs.height * bs.width
+    if pixels > max_pixels:
+        return (
+            f"image of {bs.width}x{bs.height} = {pixels} pixels is above the limit of {max_pixels} pixels; "
+            "pass --max-pixels to decode it if you trust the file"
+        )
+    return None
 
 
 def _geometry_problem(

@@ -17,22 +17,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .bitstream import OVERHEAD_BYTES, Bitstream
+from .bitstream import DEFAULT_MAX_PIXELS, Bitstream, file_size, pixel_limit_problem
 from .errors import UserError
-from .image_io import MAX_PIXELS, to_tensor, to_uint8
+from .image_io import to_tensor, to_uint8
 from .metrics import bits_per_pixel
 from .padding import Padding, crop, pad_image
 
 _FINGERPRINTS: "weakref.WeakKeyDictionary[nn.Module, bytes]" = weakref.WeakKeyDictionary()
-
-# CompressAI's rANS decoder (cpp_exts/rans/rans_interface.cpp) reads its input without bounds checks, so
-# a damaged stream that is too short makes it read past the end of its buffer. We append zeros for it to
-# read instead: 8 bytes of initial state, and 4 per coded symbol. A symbol consumes at most 16 bits of
-# state (16-bit probabilities), so that covers any stream of ordinary symbols with room for raw
-# out-of-range values; a stream crafted around long raw values can still read further (CompressAI's to
-# fix). A valid stream is consumed exactly, so the zeros never change a correct decode.
-_GUARD_BYTES_PER_SYMBOL = 4
-_GUARD_BYTES_STATE = 8
 
 
 def model_fingerprint(model: nn.Module) -> bytes:
@@ -48,7 +39,7 @@ def model_fingerprint(model: nn.Module) -> bytes:
 
 def packed_size(bs: Bitstream) -> int:
     """Size in bytes of the ``.icwem`` file holding ``bs`` (header, strings and checksum)."""
-    return OVERHEAD_BYTES + len(bs.y_string) + len(bs.z_string)
+    return file_size(bs)
 
 
 def encode_image(model: nn.Module, rgb_uint8: np.ndarray) -> tuple[Bitstream, dict]:
@@ -76,19 +67,21 @@ def encode_image(model: nn.Module, rgb_uint8: np.ndarray) -> tuple[Bitstream, di
         y_string=y_string,
         z_string=z_string,
         fingerprint=fingerprint,
+        check=out["checks"][0],
     )
     num_bytes = packed_size(bs)
     return bs, {"bytes": num_bytes, "bpp": bits_per_pixel(num_bytes, height, width), "encode_s": encode_s}
 
 
-def decode_bitstream(model: nn.Module, bs: Bitstream) -> tuple[np.ndarray, dict]:
+def decode_bitstream(model: nn.Module, bs: Bitstream, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, dict]:
     """Decode a bitstream to an HxWx3 uint8 image; returns it and ``{"decode_s"}``.
 
     ``bs`` should come from ``unpack`` / ``read_file`` (which validate the header) or ``encode_image``.
-    Raises a one-line ``UserError`` if the bitstream was made by other weights, claims an image larger
-    than the repository reads, does not decode (a damaged stream whose checksum still matched), or
-    needs more memory than there is. A damaged stream may also decode to another picture: the checksum
-    is what catches damage to a file; nothing inside the entropy-coded strings can.
+    Raises a one-line ``UserError`` if the bitstream was made by other weights, claims more than
+    ``max_pixels`` pixels, holds a stream no encoder writes, does not decode, decodes to other symbols
+    or scale indexes than the encoder coded (the version-2 coder check), or needs more memory than
+    there is. A version-1 file has no coder check: a stream damaged before its checksum was computed
+    may decode to another picture.
     """
     fingerprint = model_fingerprint(model)
     if bs.fingerprint != fingerprint:
@@ -96,19 +89,16 @@ def decode_bitstream(model: nn.Module, bs: Bitstream) -> tuple[np.ndarray, dict]
             f"this bitstream was encoded with a different model (fingerprint {bs.fingerprint.hex()}, this "
             f"checkpoint's is {fingerprint.hex()}); decode it with the checkpoint it was encoded with"
         )
-    if bs.height * bs.width > MAX_PIXELS:
-        # No file written by this repository is this large (read_image refuses such images), and the
-        # decoder would try to allocate memory in proportion to the claimed size.
-        raise UserError(f"corrupted bitstream: image size {bs.height}x{bs.width} is above the {MAX_PIXELS}-pixel limit")
+    problem = pixel_limit_problem(bs, max_pixels)
+    if problem is not None:
+        raise UserError(problem)
 
-    z_h, z_w = bs.z_shape
-    z_symbols = model.config["Z"] * z_h * z_w
-    y_symbols = model.config["M"] * (4 * z_h) * (4 * z_w)  # y has 4x the hyper-latent's resolution
     start = time.perf_counter()
     try:
         with torch.inference_mode():
-            strings = [[_with_guard(bs.y_string, y_symbols)], [_with_guard(bs.z_string, z_symbols)]]
-            x_hat = crop(model.decompress(strings, (z_h, z_w))["x_hat"], Padding(*bs.pad))
+            # decompress checks both strings and bounds the coder's reads (models/rans_guard.py).
+            out = model.decompress([[bs.y_string], [bs.z_string]], bs.z_shape)
+            x_hat = crop(out["x_hat"], Padding(*bs.pad))
             finite = bool(torch.isfinite(x_hat).all())
     except (RuntimeError, ValueError, IndexError, OverflowError) as exc:
         if isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc):
@@ -118,14 +108,15 @@ def decode_bitstream(model: nn.Module, bs: Bitstream) -> tuple[np.ndarray, dict]
         raise UserError(
             f"corrupted bitstream: decoded {x_hat.shape[-2]}x{x_hat.shape[-1]} pixels, header says {bs.height}x{bs.width}"
         )
+    if bs.check is not None and out["checks"][0] != bs.check:
+        raise UserError(
+            "corrupted bitstream: the decoded symbols and scale indexes differ from the encoder's (coder "
+            f"check {out['checks'][0]:08x}, file says {bs.check:08x}); the file was damaged before its checksum was written"
+        )
     if not finite:
         raise UserError("corrupted bitstream: decoding produced non-finite values")
     rgb = to_uint8(x_hat)
     return rgb, {"decode_s": time.perf_counter() - start}
-
-
-def _with_guard(string: bytes, num_symbols: int) -> bytes:
-    return bytes(string) + bytes(_GUARD_BYTES_STATE + _GUARD_BYTES_PER_SYMBOL * num_symbols)
 
 
 def _one_line(exc: BaseException) -> str:

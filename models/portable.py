@@ -1,0 +1,175 @@
+"""Portable entropy coding: the coder's inputs come out the same on every machine.
+
+rANS decodes a symbol only with the exact table the encoder used. The table of each latent element is
+chosen by its scale σ (an index into the scale table), and σ comes out of float networks whose last
+bits depend on the machine: thread count, oneDNN on or off, AVX2 or AVX-512 kernels, CPU or CUDA. A σ
+that lands on the other side of a table boundary on the decoder's machine desynchronises the stream.
+So everything that decides the coder's inputs is computed here, the same way everywhere:
+
+* **Entropy parameters in float64 on the CPU.** ``parameter_nets(model)`` is a float64 CPU copy of the
+  networks between ẑ and the coder (``h_mean_s``, ``h_scale_s``, the SWAtten blocks, the mean / scale /
+  LRP networks). ``compress`` and ``decompress`` run the channel-wise loop with it; the main transforms
+  keep their dtype and device. Across setups float64 σ differ by ~1e-16 relative where float32 σ
+  differ by ~1e-7, so a σ must lie within ~1e-16 of a boundary for its index to flip (see README,
+  "Portability", for the measured numbers). The forward pass (training, estimates) is untouched.
+* **Pinned scale table.** CompressAI computes its 64 scales with float32 ``exp(linspace(...))`` on
+  the machine at hand; we pin the values (``SCALE_TABLE``) so every machine compares σ with the same
+  boundaries, and the comparison σ (float64) ≤ s (float32, exact in float64) is exact.
+* **Coder tables (CDFs) from float64 pmfs**, quantised by CompressAI's own ``pmf_to_quantized_cdf``, so
+  that a last-bit difference in a float32 pmf cannot move a CDF entry on another machine.
+
+The file format adds a check over the symbols and indexes the decoder rebuilds (utils/codec.py), so a
+decode that still diverged would end in an error, never in a silently wrong picture.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import weakref
+import zlib
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import scipy.stats
+import torch
+from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from torch import Tensor, nn
+
+# The networks between ẑ and the entropy coder: what decides the symbols' tables.
+PARAMETER_NETS = (
+    "h_mean_s", "h_scale_s", "atten_mean", "atten_scale", "cc_mean_transforms", "cc_scale_transforms", "lrp_transforms",
+)
+PORTABLE_DTYPE = torch.float64
+
+# CompressAI's default table (64 scales, log-spaced from 0.11 to 256) as little-endian float32, pinned.
+# get_scale_table() computes it with float32 exp on the machine at hand, and its last bits differ between
+# machines: on one AMD EPYC, ATEN_CPU_CAPABILITY=default and =avx2 disagree on 10 of the 64 entries. These
+# are its AVX2 values (those the repository's fixtures and earlier files were coded with).
+SCALE_TABLE: Tuple[float, ...] = tuple(
+    float(v)
+    for v in np.frombuffer(
+        bytes.fromhex(
+            "ae47e13d93c7fe3d3012103ec7ef223ec845383e0467503e24b16b3e0a47853ecdba963e9a77aa3e0ecac03eca08da3e"
+            "cc95f63ef26f0b3f34b21d3f8958323f18b3493f861c643fabfd803fbde1913f07fca43faf96ba3f8f05d33f7ca7ee3f"
+            "dcf30640c79f1840169c2c405c36434051c65c402faf794097308d4098ad9f405b96b4400e3ccc4078fae640b19c0241"
+            "1bb71341dd0e274107ef3c4183ac554158a7714110a68841d88a9a4174c7ae4171aac541a98cdf418bd2fc41ddf60e42"
+            "59af214265db364230cd4e42a0e16942f0408442639295425d28a942ec4ebf42065cd842deb0f442bd5d0a43187c1c43"
+            "cef9304372264843eb5b624300008043"
+        ),
+        dtype="<f4",
+    )
+)
+
+
+# ---------------------------------------------------------------------------------------- networks
+class ParameterNets(nn.Module):
+    """A float64 CPU copy of a model's entropy-parameter networks, with the model's attribute names,
+    so ``ICWEM._code_slices`` runs on it unchanged."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        for name in PARAMETER_NETS:
+            setattr(self, name, copy.deepcopy(getattr(model, name)).to("cpu", PORTABLE_DTYPE))
+        self.requires_grad_(False)
+        self.eval()
+
+    def hyper_synthesis(self, z_hat: Tensor) -> Tuple[Tensor, Tensor]:
+        return self.h_mean_s(z_hat), self.h_scale_s(z_hat)
+
+
+_NETS: "weakref.WeakKeyDictionary[nn.Module, Tuple[tuple, ParameterNets]]" = weakref.WeakKeyDictionary()
+
+
+def _weights_token(model: nn.Module) -> tuple:
+    """Changes whenever a weight of the parameter networks is replaced or updated in place."""
+    return tuple((p.data_ptr(), p._version, p.dtype) for name in PARAMETER_NETS for p in getattr(model, name).parameters())
+
+
+def parameter_nets(model: nn.Module) -> ParameterNets:
+    """The float64 CPU copy of ``model``'s entropy-parameter networks, rebuilt when its weights change."""
+    token = _weights_token(model)
+    cached = _NETS.get(model)
+    if cached is None or cached[0] != token:
+        # Built outside inference mode: the copy must stay usable after an inference_mode block ends.
+        with torch.inference_mode(False), torch.no_grad():
+            cached = (token, ParameterNets(model))
+        _NETS[model] = cached
+    return cached[1]
+
+
+# ---------------------------------------------------------------------------------------- coder tables
+def update_tables(model: nn.Module, force: bool = False, update_quantiles: bool = False) -> bool:
+    """Build every entropy model's CDF tables from float64 pmfs (CompressAI's ``update``, made portable)."""
+    updated = False
+    for module in model.modules():
+        if isinstance(module, EntropyBottleneck):
+            updated |= _update_bottleneck(module, force, update_quantiles)
+        elif isinstance(module, GaussianConditional):
+            updated |= _update_gaussian(module, force)
+    return updated
+
+
+def _update_bottleneck(eb: EntropyBottleneck, force: bool, update_quantiles: bool) -> bool:
+    if eb._offset.numel() > 0 and not force:
+        return False
+    if update_quantiles:
+        eb._update_quantiles()
+    # CompressAI's own table code, run on a float64 copy; only the integer results come back.
+    with torch.inference_mode(False), torch.no_grad():
+        twin = copy.deepcopy(eb).to("cpu", PORTABLE_DTYPE)
+        twin.update(force=True)
+    device = eb.quantiles.device
+    eb._offset = twin._offset.to(device)
+    eb._quantized_cdf = twin._quantized_cdf.to(device)
+    eb._cdf_length = twin._cdf_length.to(device)
+    return True
+
+
+def _update_gaussian(gc: GaussianConditional, force: bool) -> bool:
+    """CompressAI's ``GaussianConditional.update`` on the pinned table, with its pmfs in float64."""
+    if gc._offset.numel() > 0 and not force:
+        return False
+    table = torch.tensor(SCALE_TABLE, dtype=PORTABLE_DTYPE)
+    multiplier = -float(scipy.stats.norm.ppf(gc.tail_mass / 2))
+    pmf_center = torch.ceil(table * multiplier).int()
+    pmf_length = 2 * pmf_center + 1
+    max_length = int(pmf_length.max())
+    samples = torch.abs(torch.arange(max_length).int() - pmf_center[:, None]).to(PORTABLE_DTYPE)
+    scales = table[:, None]
+    upper = _standardized_cumulative((0.5 - samples) / scales)
+    lower = _standardized_cumulative((-0.5 - samples) / scales)
+    pmf = upper - lower
+    tail_mass = 2 * lower[:, :1]
+    device = gc.scale_bound.device
+    gc.scale_table = table.to(device, torch.float32)
+    gc._quantized_cdf = gc._pmf_to_cdf(pmf, tail_mass, pmf_length, max_length).to(device)
+    gc._offset = (-pmf_center).to(device)
+    gc._cdf_length = (pmf_length + 2).to(device)
+    return True
+
+
+def _standardized_cumulative(x: Tensor) -> Tensor:
+    return 0.5 * torch.erfc(-(2**-0.5) * x)
+
+
+# ---------------------------------------------------------------------------------------- decode check
+def coder_check(z_symbols: Tensor, y_symbols: Sequence[Tensor], y_indexes: Sequence[Tensor]) -> int:
+    """CRC-32 of what the decoder must rebuild for one image: z's symbols, then y's symbols and scale
+    indexes (slice order, C order within a slice), each as little-endian int32."""
+    crc = 0
+    for part in (z_symbols, *y_symbols, *y_indexes):
+        crc = zlib.crc32(np.ascontiguousarray(part.detach().cpu().numpy(), dtype="<i4").tobytes(), crc)
+    return crc
+
+
+def z_symbols(eb: EntropyBottleneck, z_hat: Tensor) -> Tensor:
+    """The integer symbols behind a dequantised ẑ (ẑ = symbol + median, so this is exact)."""
+    return torch.round(z_hat - eb._get_medians().detach()).to(torch.int32)
+
+
+def scale_indexes(sigma: Tensor, bound: float = SCALE_TABLE[0]) -> Tensor:
+    """CompressAI's ``GaussianConditional.build_indexes`` on the pinned table: the number of table
+    entries (but the last) strictly below max(σ, bound). Comparisons are exact in σ's dtype."""
+    table = torch.tensor(SCALE_TABLE[:-1], dtype=sigma.dtype, device=sigma.device)
+    return torch.searchsorted(table, sigma.clamp_min(bound).contiguous(), side="left").to(torch.int32)
