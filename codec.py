@@ -20,7 +20,7 @@ import warnings
 from typing import Optional, Sequence
 
 from utils.bitstream import read_file, write_file
-from utils.cli import run_cli
+from utils.cli import add_tile_argument, run_cli
 from utils.errors import UserError
 
 # PyTorch, CompressAI and the model take seconds to import, so each command imports them only after it
@@ -37,11 +37,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     enc.add_argument("input", help="image file (PNG, JPEG, WebP, BMP, TIFF, ...)")
     enc.add_argument("-o", "--output", required=True, help=".icwem file to write")
     enc.add_argument("--checkpoint", required=True, help="ICWEM checkpoint")
+    add_tile_argument(enc)
     enc.set_defaults(run=encode)
     dec = commands.add_parser("decode", help=".icwem bitstream file -> PNG")
     dec.add_argument("input", help=".icwem file")
     dec.add_argument("-o", "--output", required=True, help="PNG file to write")
     dec.add_argument("--checkpoint", required=True, help="the ICWEM checkpoint the file was encoded with")
+    add_tile_argument(dec)
     dec.set_defaults(run=decode)
     return p.parse_args(argv)
 
@@ -57,6 +59,8 @@ def encode(args: argparse.Namespace) -> int:
     from utils.codec import encode_image
 
     model = load_checkpoint(args.checkpoint)
+    if args.tile is not None:
+        model.tile = args.tile
     bs, stats = encode_image(model, rgb)
     num_bytes = write_file(args.output, bs)
     print(
@@ -75,6 +79,8 @@ def decode(args: argparse.Namespace) -> int:
     from utils.metrics import bits_per_pixel
 
     model = load_checkpoint(args.checkpoint)
+    if args.tile is not None:
+        model.tile = args.tile
     try:
         rgb, stats = decode_bitstream(model, bs)
     except UserError as exc:

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 # user-facing output should be our own lines only.
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
 
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import add_tile_argument, run_cli  # noqa: E402
 from utils.evaluation import (  # noqa: E402
     RATE_ESTIMATE,
     RATE_REAL,
@@ -42,13 +42,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--real", action="store_true", help="code real bitstreams instead of estimating the rate")
     p.add_argument("--output", type=Path, help="write the RD points to this JSON file (CompressAI eval_model layout)")
     p.add_argument("--name", default="ICWEM", help="curve name in the JSON file")
+    add_tile_argument(p)
     return p.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     device = select_device(args.cuda)
-    points = evaluate_checkpoints(args.checkpoint, args.data, args.real, device)
+    points = evaluate_checkpoints(args.checkpoint, args.data, args.real, device, tile=args.tile)
 
     rate = RATE_REAL if args.real else RATE_ESTIMATE
     print(f"{args.data} on {device}")

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 # user-facing output should be our own lines only.
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
 
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import add_tile_argument, run_cli  # noqa: E402
 from utils.evaluation import RATE_ESTIMATE, RATE_REAL, code_images, select_device  # noqa: E402
 
 
@@ -33,6 +33,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--cuda", action="store_true", help="run on CUDA (the CPU, with a warning, if there is none)")
     p.add_argument("--real", action="store_true", help="entropy-code real bitstreams (needed for .icwem/.png files)")
     p.add_argument("--save-dir", help="folder for the .icwem/.png files and results.csv/results.json")
+    add_tile_argument(p)
     return p.parse_args(argv)
 
 
@@ -43,7 +44,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"rate: {RATE_REAL if args.real else RATE_ESTIMATE}; times in seconds")
     if args.save_dir is not None and not args.real:
         print("no --real: writing only results.csv and results.json (.icwem and .png files need --real)")
-    code_images(args.checkpoint, args.data, args.real, device, args.save_dir)
+    code_images(args.checkpoint, args.data, args.real, device, args.save_dir, tile=args.tile)
     if args.save_dir is not None:
         print(f"wrote {args.save_dir}/")
     return 0

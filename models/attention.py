@@ -24,6 +24,8 @@ from torch import Tensor
 WINDOW_CHUNK = 512
 # Outside autograd, the MLP's 4×-wide hidden layer is computed this many tokens at a time.
 MLP_CHUNK_TOKENS = 1 << 16
+# Map sizes whose masks a block keeps; beyond that the cache starts again (bounds its memory).
+MASK_CACHE_SIZES = 8
 
 
 class WindowAttention(nn.Module):
@@ -99,11 +101,11 @@ class WindowAttention(nn.Module):
             q, k, v = qkv.reshape(3, B * n, heads, L, hd).unbind(0)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias).view(B, n, heads, L, hd)
             if masked is not None:
-                idx = masked[(masked >= start) & (masked < stop)]
-                if idx.numel():
-                    local = idx - start
+                here = (masked >= start) & (masked < stop)
+                if here.any():
+                    local = masked[here] - start
                     pick = lambda t: t.view(B, n, heads, L, hd)[:, local].reshape(-1, heads, L, hd)
-                    m = (bias + mask[idx].unsqueeze(1)).repeat(B, 1, 1, 1)
+                    m = (bias + mask[here].unsqueeze(1)).repeat(B, 1, 1, 1)
                     redone = F.scaled_dot_product_attention(pick(q), pick(k), pick(v), attn_mask=m).view(B, -1, heads, L, hd)
                     # In place only outside autograd: the attention backward may have saved ``o``.
                     o = o.index_copy_(1, local, redone) if not torch.is_grad_enabled() else o.index_copy(1, local, redone)
@@ -112,21 +114,24 @@ class WindowAttention(nn.Module):
         return self.linear(out)
 
     def _mask(self, H: int, W: int, device: torch.device, dtype: torch.dtype) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-        """Additive mask ``nW × L × L`` (0 or a huge negative) for shift wrap-around and padded keys,
-        and the indices of the windows where it is not all zero; (None, None) when nothing is masked."""
+        """The indices of the windows that need a mask (shift wrap-around, padded keys) and their
+        additive masks ``n × L × L`` (0 or a huge negative), as (masks, indices); (None, None) when
+        nothing is masked. Only those windows are stored: the last window row and column of a map."""
         key = (H, W, device, dtype)
         if key not in self._mask_cache:
-            blocked = _blocked_pairs(H, W, self.window_size, self.shift)
-            if blocked is None:
+            if len(self._mask_cache) >= MASK_CACHE_SIZES:
+                self._mask_cache.clear()  # row-band inference meets a few band heights per map
+            found = _blocked_pairs(H, W, self.window_size, self.shift)
+            if found is None:
                 self._mask_cache[key] = (None, None)
             else:
+                masked, blocked = found
                 # The dtype's most negative finite value rather than -inf: a padded query whose keys
                 # are all blocked then gets a finite (discarded) output instead of NaN, and real rows
                 # are unchanged because exp(min - max) is exactly 0.
                 mask = torch.zeros(blocked.shape, dtype=dtype, device=device)
                 mask.masked_fill_(blocked.to(device), torch.finfo(dtype).min)
-                masked = blocked.flatten(1).any(1).nonzero().flatten().to(device)
-                self._mask_cache[key] = (mask, masked)
+                self._mask_cache[key] = (mask, masked.to(device))
         return self._mask_cache[key]
 
 
@@ -137,8 +142,9 @@ def _relative_index(w: int) -> Tensor:
     return rel[0] * (2 * w - 1) + rel[1]
 
 
-def _blocked_pairs(H: int, W: int, w: int, shift: int) -> Optional[Tensor]:
-    """Boolean ``nW × L × L``: True where query p may not attend to key q, or None if nothing is blocked.
+def _blocked_pairs(H: int, W: int, w: int, shift: int) -> Optional[Tuple[Tensor, Tensor]]:
+    """The windows with a blocked pair, and a boolean ``n × L × L`` for them: True where query p may
+    not attend to key q; None if nothing is blocked.
 
     Two reasons block a pair: (1) in shifted windows, tokens that were wrapped around by the cyclic
     shift and tokens that were not (the standard Swin mask for shift w/2); (2) the key is padding.
@@ -164,9 +170,11 @@ def _blocked_pairs(H: int, W: int, w: int, shift: int) -> Optional[Tensor]:
         return t.view(Hp // w, w, Wp // w, w).permute(0, 2, 1, 3).reshape(-1, w * w)
 
     region_w, valid_w = to_windows(region), to_windows(valid)
+    windows = ((region_w != region_w[:, :1]).any(1) | ~valid_w.all(1)).nonzero().flatten()
+    region_w, valid_w = region_w[windows], valid_w[windows]
     blocked = region_w[:, :, None] != region_w[:, None, :]
     blocked |= ~valid_w[:, None, :]
-    return blocked
+    return windows, blocked
 
 
 class SwinBlock(nn.Module):

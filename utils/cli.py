@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Callable, Optional, Sequence
 
 from .errors import UserError
+
+
+def tile_rows(text: str) -> int:
+    """``--tile`` value: a whole number of rows, 0 or more."""
+    try:
+        rows = int(text)
+    except ValueError:
+        rows = -1
+    if rows < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of rows (0 or more)")
+    return rows
+
+
+def add_tile_argument(parser: argparse.ArgumentParser) -> None:
+    """``--tile N``: rows per band of the model's streamed inference (``ICWEM.tile``), 0 = whole image."""
+    parser.add_argument(
+        "--tile", type=tile_rows, default=None, metavar="N",
+        help="run the transforms in full-width bands of N image rows, so memory grows with the width only "
+             "(default: the model's, 256); 0: the whole image at once. Bitstreams do not depend on it",
+    )
 
 
 def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None) -> None:

@@ -141,6 +141,14 @@ def _overhead_pct(bpp: float, bpp_estimate: float) -> float:
     return 100.0 * (bpp / bpp_estimate - 1.0) if bpp_estimate > 0 else float("inf")
 
 
+def _load(checkpoint: PathLike, device: torch.device, tile: Optional[int]) -> nn.Module:
+    """``load_checkpoint`` with the rows per band of streamed inference (None: the model's default)."""
+    model = load_checkpoint(checkpoint, map_location=device)
+    if tile is not None:
+        model.tile = tile
+    return model
+
+
 def _read(path: Path, show_notices: bool = True) -> np.ndarray:
     """``read_image``, printing its notices (alpha dropped, ...) on stderr without breaking the progress bar."""
     rgb, notices = read_image(path)
@@ -151,7 +159,7 @@ def _read(path: Path, show_notices: bool = True) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- eval.py
 def evaluate_checkpoints(
-    checkpoints: Sequence[PathLike], data: PathLike, real: bool, device: torch.device
+    checkpoints: Sequence[PathLike], data: PathLike, real: bool, device: torch.device, tile: Optional[int] = None
 ) -> list[dict]:
     """One RD point per checkpoint: the mean fields over every image under ``data`` (``mean_fields``).
 
@@ -164,7 +172,7 @@ def evaluate_checkpoints(
     paths = find_images(data)
     points = []
     for index, checkpoint in enumerate(checkpoints):
-        model = load_checkpoint(checkpoint, map_location=device)
+        model = _load(checkpoint, device, tile)
         rows = []
         for path in tqdm(paths, desc=str(checkpoint), unit="image", leave=False, dynamic_ncols=True):
             rgb = _read(path, show_notices=index == 0)
@@ -233,6 +241,7 @@ def code_images(
     real: bool,
     device: torch.device,
     save_dir: Optional[PathLike],
+    tile: Optional[int] = None,
 ) -> tuple[list[dict], dict]:
     """Measure every image under ``data`` with one checkpoint; returns (per-image rows, mean fields).
 
@@ -243,7 +252,7 @@ def code_images(
     """
     paths = find_images(data)
     names = output_names(paths, data)
-    model = load_checkpoint(checkpoint, map_location=device)
+    model = _load(checkpoint, device, tile)
     save_dir = Path(save_dir) if save_dir is not None else None
     mean_label = f"mean ({len(paths)} images)"
     label_width = max(len(label) for label in [*names, mean_label])

@@ -1,0 +1,282 @@
+"""Row-band streaming of the analysis and synthesis transforms: any image size in bounded memory.
+
+Only the latent (1/16 of each side) has to exist whole; every layer of ``enh → inv → g_a`` and of
+``g_s → inv⁻¹ → enh`` is local along the rows, so both transforms can run over bands of rows at full
+width and give the whole image's values (to float rounding). Instead of one big halo per band for the
+whole chain, each *stage* (one layer: a TCB, a strided residual block, the INN, ...) keeps the few rows
+of its own input that its next band needs again. Nothing is computed twice except those rows, so the
+redundant work stays a few percent while peak memory is a band, not the image: it grows with the width,
+never with the height.
+
+When is an output row of a stage exact? A stage sees its input rows ``[p, q)`` of a map of height H
+(rows outside ``[0, H)`` are the zero padding the whole map sees too). Composing these rules, in the
+stage's own units, gives the rows ``[lo, hi)`` it may emit (``Step`` below):
+
+* k×k convolution, stride 1 (radius r = k // 2): ``[p + r, q − r)``; no loss at a true map edge.
+* 3×3 convolution, stride 2, padding 1: output o reads 2o − 1 … 2o + 1, so ``[⌈(p + 1)/2⌉, ⌊q/2⌋)``;
+  the band must start on an even row for its outputs to fall on the whole map's grid.
+* pixel shuffle ×2 (sub-pixel convolution): ``[2p, 2q)``.
+* window attention (window w, shift s): rows attend within groups bounded by 0, H and the grid lines
+  s + w·k (W: s = 0; SW: s = w/2, where the cyclic shift's mask splits the wrapped window into its two
+  real halves). A band that starts on a multiple of w has the whole map's grid lines inside it, plus
+  its own ends as extra lines, so exact rows are those whose whole-map group lies in ``[p, q)``: from
+  the first grid line ≥ p to the last ≤ q. Its MLP, LayerNorms and the 1×1 convolutions are per token.
+* parallel branches (a TCB's residual-conv half beside its Swin half; residual skips): the
+  intersection, here always decided by the wider branch.
+
+For the published configuration that makes, per stage: the enhancement block 11 rows (two dense
+blocks of five chained 3×3 convolutions, one 3×3 between them), the INN 72 rows (per affine coupling
+2·(k−1): two subnets of a k×k, a 1×1 and a k×k convolution in sequence; three couplings each at
+k = 5, 5, 3, 3), a strided residual block 2 rows of its output, a TCB up to one window (8 rows, its
+shifted half 4) and its 3×3 pair 2 rows. Chained without caching, these contexts would add up to a
+halo of 240 image rows on each side of every band (``chain_halo``) — why the stages stream instead.
+
+Columns are never split, so every band has the whole map's column windows; the attention is the same
+code as for the whole map (``models/attention.py`` pads and masks a band exactly like a map).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from math import lcm
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from compressai.layers import ResidualBlockUpsample, ResidualBlockWithStride
+from torch import Tensor
+
+from .blocks import ConvTransBlock
+from .enhance import DenseBlock, EnhBlock
+from .inn import AffineCoupling, InvertibleNetwork
+
+# (lo, hi, H): exact rows [lo, hi) of a map of H rows -> the same after one step of a layer.
+Step = Callable[[int, int, int], Tuple[int, int, int]]
+
+
+def conv_step(radius: int) -> Step:
+    """A stride-1 convolution reading ``radius`` rows on each side."""
+
+    def step(lo: int, hi: int, H: int) -> Tuple[int, int, int]:
+        return (lo if lo == 0 else lo + radius), (hi if hi == H else hi - radius), H
+
+    return step
+
+
+def strided_conv_step(lo: int, hi: int, H: int) -> Tuple[int, int, int]:
+    """A 3×3 convolution with stride 2 and padding 1 (output o reads input rows 2o − 1 … 2o + 1)."""
+    return (0 if lo == 0 else (lo + 2) // 2), (H // 2 if hi == H else hi // 2), H // 2
+
+
+def shuffle_step(lo: int, hi: int, H: int) -> Tuple[int, int, int]:
+    """Pixel shuffle ×2: each row becomes two."""
+    return 2 * lo, 2 * hi, 2 * H
+
+
+def window_step(size: int, shift: int) -> Step:
+    """Window attention; valid only on a band that starts on a multiple of ``size``."""
+
+    def step(lo: int, hi: int, H: int) -> Tuple[int, int, int]:
+        first = 0 if lo == 0 else min(H, shift + size * -((shift - lo) // size))  # first grid line >= lo
+        last = H if hi >= H else max(0, shift + size * ((hi - shift) // size))  # last grid line <= hi
+        return first, last, H
+
+    return step
+
+
+def chain(*steps: Step) -> Step:
+    def step(lo: int, hi: int, H: int) -> Tuple[int, int, int]:
+        for s in steps:
+            lo, hi, H = s(lo, hi, H)
+        return lo, hi, H
+
+    return step
+
+
+def both(a: Step, b: Step) -> Step:
+    """Two parallel branches whose outputs are added: a row is exact where both are."""
+
+    def step(lo: int, hi: int, H: int) -> Tuple[int, int, int]:
+        lo_a, hi_a, H_a = a(lo, hi, H)
+        lo_b, hi_b, H_b = b(lo, hi, H)
+        assert H_a == H_b, "parallel branches must keep the same geometry"
+        return max(lo_a, lo_b), min(hi_a, hi_b), H_a
+
+    return step
+
+
+@dataclass
+class Stage:
+    """One layer of a streamed transform: its function, its exactness rule and the band alignment."""
+
+    fn: Callable[[Tensor], Tensor]
+    rule: Step
+    align: int = 1  # a band must start on a multiple of this (input rows)
+    scale: Fraction = field(default=Fraction(1))  # output rows per input row
+
+    def exact(self, p: int, q: int, H: int) -> Tuple[int, int]:
+        """Output rows computed exactly from input rows [p, q) of a map of H rows."""
+        assert p % self.align == 0, f"band start {p} is not a multiple of {self.align}"
+        lo, hi, _ = self.rule(p, q, H)
+        return lo, max(lo, hi)
+
+    def context_start(self, done: int, H: int) -> int:
+        """The latest aligned input row from which output row ``done`` onwards is exact."""
+        p = int(done / self.scale) // self.align * self.align
+        while p > 0 and self.exact(p, H, H)[0] > done:
+            p -= self.align
+        return p
+
+
+# ------------------------------------------------------------------------------ stages of ICWEM
+def _conv_radius(conv: nn.Conv2d) -> int:
+    k = conv.kernel_size[0]
+    assert conv.stride == (1, 1) and k % 2 == 1 and conv.padding[0] == k // 2, "expected a 'same' odd conv"
+    return k // 2
+
+
+def _dense_radius(block: DenseBlock) -> int:
+    """Each of the five convolutions reads the previous one's output: their radii add up."""
+    return sum(_conv_radius(c) for c in (block.conv1, block.conv2, block.conv3, block.conv4, block.conv5))
+
+
+def enh_radius(block: EnhBlock) -> int:
+    """Rows of context an enhancement block reads on each side (11 for the published blocks)."""
+    return sum(_dense_radius(m) if isinstance(m, DenseBlock) else _conv_radius(m) for m in block.layers)
+
+
+def inn_radius(inn: InvertibleNetwork) -> int:
+    """Rows of context the INN reads on each side, either direction (72 for the published INN).
+
+    A coupling's second half reads the first half's output through a subnet (k×k, 1×1, k×k), so each
+    coupling reads two subnets' radii; the 1×1 invertible convolutions read nothing around them.
+    """
+    radius = 0
+    for op in inn.operations:
+        if isinstance(op, AffineCoupling):
+            subnet = op.G1
+            radius += 2 * (_conv_radius(subnet.conv1) + (subnet.conv3.kernel_size[0] - 1) // 2)
+    return radius
+
+
+def _tcb_rule(block: ConvTransBlock) -> Tuple[Step, int]:
+    msa = block.trans_block.msa
+    conv_half = chain(conv_step(1), conv_step(1))  # ResidualBlock: two 3×3 convolutions
+    return both(conv_half, window_step(msa.window_size, msa.shift)), msa.window_size
+
+
+def layer_stage(module: nn.Module) -> Stage:
+    """The stage of one layer of g_a or g_s (TCB, strided / upsampling residual block, last conv)."""
+    if isinstance(module, ConvTransBlock):
+        rule, align = _tcb_rule(module)
+        return Stage(module, rule, align)
+    if isinstance(module, ResidualBlockWithStride):
+        assert module.conv1.stride == (2, 2)
+        return Stage(module, chain(strided_conv_step, conv_step(1)), 2, Fraction(1, 2))
+    if isinstance(module, ResidualBlockUpsample):  # sub-pixel conv, 3×3 conv; skip: sub-pixel conv
+        return Stage(module, chain(conv_step(1), shuffle_step, conv_step(1)), 1, Fraction(2))
+    if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
+        assert module.kernel_size == (3, 3) and module.padding == (1, 1)
+        return Stage(module, strided_conv_step, 2, Fraction(1, 2))
+    if isinstance(module, nn.Sequential) and isinstance(module[-1], nn.PixelShuffle):  # subpel_conv3x3
+        assert module[-1].upscale_factor == 2
+        return Stage(module, chain(conv_step(_conv_radius(module[0])), shuffle_step), 1, Fraction(2))
+    raise TypeError(f"no row-band rule for {type(module).__name__}")
+
+
+def _clamped(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    return lambda x: fn(x).clamp(0, 1)
+
+
+def analysis_stages(model: nn.Module) -> List[Stage]:
+    """x → y: ``enh.forw_enh``, ``inv``, then every layer of ``g_a``."""
+    return [
+        Stage(model.enh.forw_enh, conv_step(enh_radius(model.enh.forw_enh))),
+        Stage(model.inv, conv_step(inn_radius(model.inv))),
+        *(layer_stage(m) for m in model.g_a),
+    ]
+
+
+def synthesis_stages(model: nn.Module, clamp: bool) -> List[Stage]:
+    """ŷ → x̂: every layer of ``g_s``, ``inv.reverse``, ``enh.back_enh`` (with the decoder's clamps)."""
+    stages = [layer_stage(m) for m in model.g_s]
+    if clamp:
+        stages[-1].fn = _clamped(stages[-1].fn)
+    back = model.enh.back_enh
+    stages.append(Stage(model.inv.reverse, conv_step(inn_radius(model.inv))))
+    stages.append(Stage(_clamped(back) if clamp else back, conv_step(enh_radius(back))))
+    return stages
+
+
+def chain_halo(stages: Sequence[Stage], start: int = 1 << 16) -> Fraction:
+    """Rows of the chain's input that an overlapping tile would need as a halo on each side if no
+    stage kept its context: inexact rows at a tile's edge (starting at ``start``, aligned for every
+    stage) spread through each stage's rule, and this is how deep they reach, in input rows."""
+    position, H, scale = start, 1 << 24, Fraction(1)
+    for stage in stages:
+        position, _, H = stage.rule(position, H, H)  # the first row not reached by the edge
+        scale *= stage.scale
+    return position / scale - start
+
+
+# ------------------------------------------------------------------------------ streaming
+class _StageStream:
+    """One stage in a stream: buffers input rows and emits output rows as soon as they are exact."""
+
+    def __init__(self, stage: Stage, height: int, min_rows: int) -> None:
+        self.stage = stage
+        self.height = height
+        self.min_rows = max(1, min_rows)
+        self.buffer: Optional[Tensor] = None
+        self.start = 0  # input row held in buffer row 0
+        self.done = 0  # output rows emitted so far
+
+    def push(self, rows: Optional[Tensor], last: bool) -> Optional[Tensor]:
+        if rows is not None and rows.shape[-2]:
+            self.buffer = rows if self.buffer is None else torch.cat((self.buffer, rows), dim=-2)
+        if self.buffer is None:
+            return None
+        end = self.start + self.buffer.shape[-2]
+        assert end <= self.height and (end == self.height or not last)
+        lo, hi = self.stage.exact(self.start, end, self.height)
+        if hi - self.done < (1 if last else self.min_rows):
+            return None
+        assert lo <= self.done, "a stage lost rows it still needed"
+        out = self.stage.fn(self.buffer)
+        first = int(self.start * self.stage.scale)
+        emitted = out[..., self.done - first:hi - first, :]
+        self.done = hi
+        keep = self.stage.context_start(hi, self.height)
+        self.buffer = None if last else self.buffer[..., keep - self.start:, :].clone()
+        self.start = keep
+        return emitted
+
+
+def stream_rows(stages: Sequence[Stage], x: Tensor, rows: int) -> Tensor:
+    """Run ``stages`` over ``x`` (B×C×H×W) in bands of ``rows`` input rows; returns the whole output.
+
+    Each stage computes once it can emit about a band's worth of its own rows (``rows`` scaled to
+    its resolution), so the redundant work per band is only each stage's own context.
+    """
+    height = x.shape[-2]
+    streams, scale = [], Fraction(1)
+    for stage in stages:
+        streams.append(_StageStream(stage, int(height * scale), int(rows * scale * stage.scale)))
+        scale *= stage.scale
+    out: Optional[Tensor] = None
+    written = 0
+    for top in range(0, height, rows):
+        last = top + rows >= height
+        band: Optional[Tensor] = x[..., top:top + rows, :]
+        for stream in streams:
+            band = stream.push(band, last)
+            if band is None and not last:
+                break
+        if band is not None:
+            if out is None:
+                out = band.new_empty(*band.shape[:-2], int(height * scale), band.shape[-1])
+            out[..., written:written + band.shape[-2], :] = band
+            written += band.shape[-2]
+    assert out is not None and written == out.shape[-2], "the stream did not produce every row"
+    return out

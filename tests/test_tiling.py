@@ -1,0 +1,211 @@
+"""Row-band streaming (models/tiling.py): equal to the whole image at every band boundary, bitstreams
+independent of the band height, memory bounded by the band."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from compressai.layers import ResidualBlockUpsample, ResidualBlockWithStride
+from PIL import Image
+
+from conftest import photo
+from models import ICWEM, load_checkpoint
+from models.blocks import ConvTransBlock
+from models.enhance import EnhBlock
+from models.inn import InvertibleNetwork
+from models.tiling import (
+    Stage,
+    analysis_stages,
+    chain_halo,
+    conv_step,
+    enh_radius,
+    inn_radius,
+    layer_stage,
+    stream_rows,
+    synthesis_stages,
+)
+from utils.bitstream import pack, unpack
+from utils.codec import decode_bitstream, encode_image
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROOT = Path(__file__).resolve().parent.parent
+TOLERANCE = 1e-4  # float rounding: different band heights may pick different convolution algorithms
+
+
+def _perturbed(module: torch.nn.Module) -> torch.nn.Module:
+    """Random non-trivial weights (several blocks start as the identity or zero map)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return module.eval()
+
+
+def _streamed_vs_whole(stage: Stage, x: torch.Tensor, rows: int) -> float:
+    with torch.no_grad():
+        return float((stream_rows([stage], x, rows) - stage.fn(x)).abs().max())
+
+
+# ------------------------------------------------------------------------- one stage, every boundary
+@pytest.mark.parametrize("shifted", [False, True])
+def test_tcb_bands_equal_the_whole_map_at_every_boundary_position(shifted):
+    """Bands of 1..17 rows put the band edges at every row of the 8-row windows and their shift."""
+    block = _perturbed(ConvTransBlock(dim=8, head_dim=4, window_size=8, shifted=shifted))
+    stage = layer_stage(block)
+    x = torch.randn(1, 16, 45, 19)  # odd sides: padded windows at the bottom and right
+    worst = max(_streamed_vs_whole(stage, x, rows) for rows in range(1, 18))
+    assert worst <= 1e-5
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ResidualBlockWithStride(6, 8, stride=2),
+    lambda: ResidualBlockUpsample(6, 8, 2),
+    lambda: torch.nn.Conv2d(6, 8, 3, stride=2, padding=1),
+])
+def test_resampling_bands_equal_the_whole_map(make):
+    stage = layer_stage(_perturbed(make()))
+    x = torch.randn(1, 6, 38, 11)
+    assert max(_streamed_vs_whole(stage, x, rows) for rows in (1, 2, 3, 5, 8, 13)) <= 1e-5
+
+
+def test_enh_and_inn_bands_equal_the_whole_image():
+    enh = _perturbed(EnhBlock(channels=8, growth=4))
+    inn = _perturbed(InvertibleNetwork())
+    x = torch.rand(1, 3, 200, 9)
+    for stage in (Stage(enh, conv_step(enh_radius(enh))), Stage(inn, conv_step(inn_radius(inn))),
+                  Stage(inn.reverse, conv_step(inn_radius(inn)))):
+        assert max(_streamed_vs_whole(stage, x, rows) for rows in (7, 30, 64)) <= 1e-5
+
+
+def test_a_too_small_context_is_caught():
+    """The tests above can fail: claiming a radius one row short of the truth breaks equality."""
+    enh = _perturbed(EnhBlock(channels=8, growth=4))
+    x = torch.rand(1, 3, 120, 9)
+    exact = _streamed_vs_whole(Stage(enh, conv_step(enh_radius(enh))), x, 16)
+    short = _streamed_vs_whole(Stage(enh, conv_step(enh_radius(enh) - 1)), x, 16)
+    assert exact <= 1e-5 < 10 * exact < short
+
+
+def test_halo_derivation_of_the_published_architecture():
+    model = ICWEM()
+    assert enh_radius(model.enh.forw_enh) == 11  # 5 + 1 + 5 rows of 3×3 convolutions
+    assert inn_radius(model.inv) == 72  # 3 couplings × 2 subnets × (k − 1), k = 5, 5, 3, 3
+    assert chain_halo(analysis_stages(model)) == 240  # 15 rows of y
+    assert chain_halo(synthesis_stages(model, clamp=True)) * 16 == 253
+
+
+# ------------------------------------------------------------------------- the tiny model end to end
+@pytest.fixture(scope="module")
+def image() -> torch.Tensor:
+    """A 320×192 crop of a real photograph (a multiple of 64, as the model takes)."""
+    rgb = photo("astronaut")[37:357, 101:293]
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255
+
+
+@pytest.fixture(autouse=True)
+def _default_tile_afterwards(tiny_model):
+    """The tests below change the shared model's band height; the other modules expect the default."""
+    yield
+    tiny_model.tile = ICWEM.tile
+
+
+def _with_tile(model, tile: int):
+    model.tile = tile
+    return model
+
+
+@pytest.mark.parametrize("tile", [40, 100])
+def test_streamed_analysis_and_synthesis_equal_the_whole_image(tiny_model, image, tile):
+    with torch.inference_mode():
+        y = _with_tile(tiny_model, 0).analysis(image)
+        x_hat = tiny_model.synthesis(y, clamp=True)
+        assert (_with_tile(tiny_model, tile).analysis(image) - y).abs().max() <= TOLERANCE
+        assert (tiny_model.synthesis(y, clamp=True) - x_hat).abs().max() <= TOLERANCE
+
+
+def test_compress_writes_the_same_bytes_at_any_band_height(tiny_model, image):
+    with torch.inference_mode():
+        whole = _with_tile(tiny_model, 0).compress(image)["strings"]
+        for tile in (64, 136):
+            assert _with_tile(tiny_model, tile).compress(image)["strings"] == whole
+
+
+def test_a_file_encoded_whole_decodes_streamed_and_the_reverse(tiny_model):
+    rgb = np.ascontiguousarray(photo("coffee")[:137, :201])  # odd sizes: padded to 192×256
+    decoded = {}
+    for enc in (0, 64):
+        data = pack(encode_image(_with_tile(tiny_model, enc), rgb)[0])
+        for dec in (0, 64):
+            decoded[enc, dec] = decode_bitstream(_with_tile(tiny_model, dec), unpack(data))[0].astype(int)
+    reference = decoded[0, 0]
+    for pair, picture in decoded.items():
+        assert picture.shape == rgb.shape
+        # x̂ agrees to float rounding before 8-bit quantisation; a value on a rounding edge may move.
+        assert np.abs(picture - reference).max() <= 1, pair
+        assert np.mean(picture != reference) < 1e-3, pair
+
+
+def test_inference_streams_above_the_band_height_and_never_under_autograd(tiny_model, image, monkeypatch):
+    import models.icwem as icwem
+
+    calls = []
+    monkeypatch.setattr(icwem, "stream_rows", lambda stages, x, rows: calls.append(rows) or torch.zeros(0))
+    with torch.no_grad():
+        _with_tile(tiny_model, 64).analysis(image)
+        _with_tile(tiny_model, 320).analysis(image)  # 320 rows: one band is the whole image
+        _with_tile(tiny_model, 0).analysis(image)
+    assert calls == [64]
+    _with_tile(tiny_model, 64)
+    tiny_model.analysis(image[..., :64, :64])  # autograd on: training is never streamed
+    assert calls == [64]
+
+
+def test_stages_see_bands_not_the_image(tiny_model):
+    """Memory is bounded by the band: no stage ever gets more rows than a band and its context."""
+    heights = []
+    stages = analysis_stages(tiny_model)
+    for stage in stages:
+        fn = stage.fn
+        stage.fn = lambda x, fn=fn: heights.append(x.shape[-2]) or fn(x)
+    x = torch.rand(1, 3, 1024, 64)
+    with torch.no_grad():
+        stream_rows(stages, x, 64)
+    # A band, the rows a stage waits for beyond it, and the INN's context on both sides (the widest).
+    assert max(heights) <= 2 * 64 + 2 * 72 < x.shape[-2]
+
+
+# ------------------------------------------------------------------------- --tile in the scripts
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_codec_tile_flag_gives_the_same_file_and_picture(tmp_path, tiny_checkpoint, capsys):
+    codec = _script("codec")
+    Image.fromarray(np.ascontiguousarray(photo("chelsea")[:131, :75])).save(tmp_path / "in.png")
+    outputs = {}
+    for tile in ("0", "64"):
+        icwem, png = tmp_path / f"{tile}.icwem", tmp_path / f"{tile}.png"
+        assert codec.main(["encode", str(tmp_path / "in.png"), "-o", str(icwem), "--checkpoint", str(tiny_checkpoint), "--tile", tile]) == 0
+        assert codec.main(["decode", str(icwem), "-o", str(png), "--checkpoint", str(tiny_checkpoint), "--tile", tile]) == 0
+        with Image.open(png) as decoded:
+            outputs[tile] = (icwem.read_bytes(), np.asarray(decoded).astype(int))
+    assert outputs["0"][0] == outputs["64"][0]
+    assert np.abs(outputs["0"][1] - outputs["64"][1]).max() <= 1
+
+
+def test_a_negative_tile_is_refused(tiny_checkpoint, capsys):
+    codec = _script("codec")
+    with pytest.raises(SystemExit):
+        codec.main(["encode", "in.png", "-o", "out.icwem", "--checkpoint", str(tiny_checkpoint), "--tile", "-1"])
+    assert "--tile: '-1' is not a number of rows" in capsys.readouterr().err
+
+
+def test_load_checkpoint_default_streams_large_images(tiny_checkpoint):
+    assert load_checkpoint(tiny_checkpoint).tile == ICWEM.tile > 0
