@@ -20,10 +20,7 @@ from .enhance import EnhModule
 from .inn import InvertibleNetwork
 from .portable import PORTABLE_DTYPE, coder_check, parameter_nets, scale_indexes, update_tables, z_symbols
 from .rans_guard import guarded
-from .tiling import analysis_stages, stream_rows, synthesis_stages
-
-# Rows per band when inference streams (``ICWEM.tile``); chosen by benchmarks/large_images.py.
-DEFAULT_TILE_ROWS = 256
+from .tiling import analysis_stages, band_rows, stream_rows, synthesis_stages
 
 # Buffers that update() derives from the parameters; left out of the fingerprint so that it does not
 # depend on whether update() has run.
@@ -77,9 +74,9 @@ class ICWEM(CompressionModel):
 
     downsampling_factor = 64
     # Inference (outside autograd) runs analysis and synthesis in full-width bands of this many image
-    # rows (models/tiling.py), so memory grows with the width only; 0 = always the whole image. Not
-    # part of the configuration: it changes no value beyond float rounding and no bitstream.
-    tile: int = DEFAULT_TILE_ROWS
+    # rows (models/tiling.py); None: bands of about tiling.BAND_PIXELS pixels; 0: always the whole
+    # image. Not part of the configuration: it changes no value beyond float rounding, no bitstream.
+    tile: Optional[int] = None
 
     def __init__(
         self,
@@ -171,22 +168,25 @@ class ICWEM(CompressionModel):
         """How many decoded slices condition slice i."""
         return i if self.max_support_slices < 0 else min(i, self.max_support_slices)
 
-    def _streams(self, rows: int) -> bool:
-        """Row bands outside autograd, for maps with more rows than a band (see ``tile``)."""
-        return self.tile > 0 and rows > self.tile and not torch.is_grad_enabled()
+    def _band_rows(self, height: int, width: int) -> int:
+        """Image rows per band for this image size; 0: whole (autograd on, or it fits in one band)."""
+        rows = band_rows(self.tile, width)
+        return rows if 0 < rows < height and not torch.is_grad_enabled() else 0
 
     def analysis(self, x: Tensor) -> Tensor:
-        """x → y: feature attention, INN, then g_a (in bands of ``tile`` rows when streaming)."""
+        """x → y: feature attention, INN, then g_a (streamed in row bands, see ``tile``)."""
         self._check_size(x)
-        if self._streams(x.shape[-2]):
-            return stream_rows(analysis_stages(self), x, self.tile)
+        rows = self._band_rows(*x.shape[-2:])
+        if rows:
+            return stream_rows(analysis_stages(self), x, rows)
         return self.g_a(self.inv(self.enh.forw_enh(x)))
 
     def synthesis(self, y_hat: Tensor, clamp: bool = False) -> Tensor:
         """ŷ → x̂: g_s, INN reverse, feature attention. ``clamp`` reproduces the decoder's two clamps."""
-        f = self.downsampling_factor // 4  # image rows per row of y (16)
-        if self._streams(y_hat.shape[-2] * f):
-            return stream_rows(synthesis_stages(self, clamp), y_hat, max(1, self.tile // f))
+        f = self.downsampling_factor // 4  # image pixels per pixel of y (16)
+        rows = self._band_rows(y_hat.shape[-2] * f, y_hat.shape[-1] * f)
+        if rows:
+            return stream_rows(synthesis_stages(self, clamp), y_hat, rows, unit=f)
         x = self.g_s(y_hat)
         if clamp:
             x = x.clamp(0, 1)

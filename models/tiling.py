@@ -51,6 +51,11 @@ from .blocks import ConvTransBlock
 from .enhance import DenseBlock, EnhBlock
 from .inn import AffineCoupling, InvertibleNetwork
 
+# Default band: about this many image pixels (rows = BAND_PIXELS // width), so that peak memory stays
+# the same for any width up to BAND_PIXELS / MIN_BAND_ROWS; chosen by benchmarks/large_images.py.
+BAND_PIXELS = 3 << 18
+MIN_BAND_ROWS = 64
+
 # (lo, hi, H): exact rows [lo, hi) of a map of H rows -> the same after one step of a layer.
 Step = Callable[[int, int, int], Tuple[int, int, int]]
 
@@ -221,13 +226,22 @@ def chain_halo(stages: Sequence[Stage], start: int = 1 << 16) -> Fraction:
 
 
 # ------------------------------------------------------------------------------ streaming
+def band_rows(tile: Optional[int], width: int) -> int:
+    """Image rows per band: ``tile`` if given (0 = whole image), else about BAND_PIXELS pixels."""
+    if tile is not None:
+        return tile
+    return max(MIN_BAND_ROWS, BAND_PIXELS // width)
+
+
 class _StageStream:
     """One stage in a stream: buffers input rows and emits output rows as soon as they are exact."""
 
     def __init__(self, stage: Stage, height: int, min_rows: int) -> None:
         self.stage = stage
         self.height = height
-        self.min_rows = max(1, min_rows)
+        # Compute once this many new rows are exact: 3/4 of a band, so that a band that arrives
+        # whole is computed at once although its last rows wait for the next band's context.
+        self.min_rows = max(1, 3 * min_rows // 4)
         self.buffer: Optional[Tensor] = None
         self.start = 0  # input row held in buffer row 0
         self.done = 0  # output rows emitted so far
@@ -253,29 +267,35 @@ class _StageStream:
         return emitted
 
 
-def stream_rows(stages: Sequence[Stage], x: Tensor, rows: int) -> Tensor:
-    """Run ``stages`` over ``x`` (B×C×H×W) in bands of ``rows`` input rows; returns the whole output.
+def stream_rows(stages: Sequence[Stage], x: Tensor, rows: int, unit: int = 1) -> Tensor:
+    """Run ``stages`` over ``x`` (B×C×H×W) in bands of ``rows`` image rows; returns the whole output.
 
-    Each stage computes once it can emit about a band's worth of its own rows (``rows`` scaled to
-    its resolution), so the redundant work per band is only each stage's own context.
+    ``unit``: image rows per row of ``x`` (1 for the image, 16 for the latent). A stage at 1/s of
+    the image's resolution computes once it can emit about a band's rows scaled to its resolution,
+    but at least ``rows / 2``: from 1/4 resolution down a map row costs 4× less memory per level, so
+    taking more rows there keeps each stage's recomputed context a small part of its band (half a
+    band is what a 1/2-resolution stage takes, where memory and work peak). Nothing but each stage's
+    own context is computed twice.
     """
     height = x.shape[-2]
-    streams, scale = [], Fraction(1)
+    streams, scale = [], Fraction(1, unit)  # resolution of the stage's input relative to the image
     for stage in stages:
-        streams.append(_StageStream(stage, int(height * scale), int(rows * scale * stage.scale)))
+        out_rows = int(rows * max(scale * stage.scale, Fraction(1, 2)))
+        streams.append(_StageStream(stage, int(height * scale * unit), out_rows))
         scale *= stage.scale
     out: Optional[Tensor] = None
     written = 0
-    for top in range(0, height, rows):
-        last = top + rows >= height
-        band: Optional[Tensor] = x[..., top:top + rows, :]
+    feed = max(1, rows // unit)
+    for top in range(0, height, feed):
+        last = top + feed >= height
+        band: Optional[Tensor] = x[..., top:top + feed, :]
         for stream in streams:
             band = stream.push(band, last)
             if band is None and not last:
                 break
         if band is not None:
             if out is None:
-                out = band.new_empty(*band.shape[:-2], int(height * scale), band.shape[-1])
+                out = band.new_empty(*band.shape[:-2], int(height * scale * unit), band.shape[-1])
             out[..., written:written + band.shape[-2], :] = band
             written += band.shape[-2]
     assert out is not None and written == out.shape[-2], "the stream did not produce every row"

@@ -25,7 +25,7 @@ def add_tile_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tile", type=tile_rows, default=None, metavar="N",
         help="run the transforms in full-width bands of N image rows, so memory grows with the width only "
-             "(default: the model's, 256); 0: the whole image at once. Bitstreams do not depend on it",
+             "(default: bands of about 0.75 megapixels); 0: the whole image at once. Bitstreams do not depend on it",
     )
 
 
