@@ -7,9 +7,10 @@ encode reads any image Pillow opens (each conversion it needs, e.g. alpha droppe
 line on stderr) and writes the bitstream; decode writes a PNG of the input's width and height, the
 same bytes test.py --real writes for that image. Both print a summary: size, bytes, bpp (all bytes of
 the file, header included), seconds. Decode with the checkpoint the file was encoded with (the file
-records its fingerprint). Both run on the CPU; a file encoded on CUDA (test.py --cuda) is only sure to
-decode on CUDA, as floating-point differences between devices can change the entropy model. Exit codes:
-0 done, 1 user error (unreadable or damaged file, not an image, wrong checkpoint, ...).
+records its fingerprint). Both run on the CPU. A file decodes to the same symbols on any machine: the
+entropy parameters are computed portably (models/portable.py) wherever it was encoded. decode refuses
+images above --max-pixels (Pillow's default limit, ~89.5 MP) before doing any work. Exit codes: 0 done,
+1 user error (unreadable, damaged or hostile file, not an image, wrong checkpoint, ...).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import sys
 import warnings
 from typing import Optional, Sequence
 
-from utils.bitstream import read_file, write_file
-from utils.cli import add_tile_argument, run_cli
+from utils.bitstream import pixel_limit_problem, read_file, write_file
+from utils.cli import add_max_pixels_argument, add_tile_argument, run_cli
 from utils.errors import UserError
 
 # PyTorch, CompressAI and the model take seconds to import, so each command imports them only after it
@@ -44,6 +45,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     dec.add_argument("-o", "--output", required=True, help="PNG file to write")
     dec.add_argument("--checkpoint", required=True, help="the ICWEM checkpoint the file was encoded with")
     add_tile_argument(dec)
+    add_max_pixels_argument(dec)
     dec.set_defaults(run=decode)
     return p.parse_args(argv)
 
@@ -72,6 +74,9 @@ def encode(args: argparse.Namespace) -> int:
 
 def decode(args: argparse.Namespace) -> int:
     bs = read_file(args.input)
+    problem = pixel_limit_problem(bs, args.max_pixels)  # before PyTorch is imported or a tensor exists
+    if problem is not None:
+        raise UserError(f"{args.input}: {problem}")
 
     from models import load_checkpoint
     from utils.codec import decode_bitstream, packed_size
@@ -82,7 +87,7 @@ def decode(args: argparse.Namespace) -> int:
     if args.tile is not None:
         model.tile = args.tile
     try:
-        rgb, stats = decode_bitstream(model, bs)
+        rgb, stats = decode_bitstream(model, bs, args.max_pixels)
     except UserError as exc:
         raise UserError(f"{args.input}: {exc}") from None
     try:

@@ -18,7 +18,7 @@ from torch import Tensor
 from .blocks import SWAtten, tcb_stage
 from .enhance import EnhModule
 from .inn import InvertibleNetwork
-from .portable import PORTABLE_DTYPE, coder_check, parameter_nets, scale_indexes, update_tables, z_symbols
+from .portable import PORTABLE_DTYPE, coder_check, legacy_coders, parameter_nets, scale_indexes, update_tables, z_symbols
 from .rans_guard import guarded
 from .tiling import analysis_stages, band_rows, stream_rows, synthesis_stages
 
@@ -278,8 +278,8 @@ class ICWEM(CompressionModel):
             return self, z_hat
         return parameter_nets(self), z_hat.to("cpu", PORTABLE_DTYPE)
 
-    def _coder_tables(self) -> Tuple[list, list, list]:
-        gc = self.gaussian_conditional
+    def _coder_tables(self, gc: Optional[GaussianConditional] = None) -> Tuple[list, list, list]:
+        gc = self.gaussian_conditional if gc is None else gc
         if gc._offset.numel() == 0:
             raise RuntimeError("entropy coder tables are empty: call model.update() before compress/decompress")
         return gc.quantized_cdf.tolist(), gc.cdf_length.reshape(-1).int().tolist(), gc.offset.reshape(-1).int().tolist()
@@ -328,14 +328,16 @@ class ICWEM(CompressionModel):
             out["y_hat"] = y_hat
         return out
 
-    def decompress(self, strings: Sequence[Sequence[bytes]], shape: Sequence[int]) -> Dict:
+    def decompress(self, strings: Sequence[Sequence[bytes]], shape: Sequence[int], legacy: bool = False) -> Dict:
         """Inverse of :meth:`compress`: rebuilds the same entropy parameters and decodes ŷ, then x̂.
 
         Every string is checked and given a zero guard first (``rans_guard``), so no input makes the
         rANS decoder read memory that is not ours; ``checks`` are the CRCs of what was decoded, to
-        compare with the encoder's.
+        compare with the encoder's. ``legacy`` decodes strings of format version 1, coded before the
+        portable path: float32 parameters and CompressAI's own tables, as their encoder had them.
         """
-        cdfs, cdf_lengths, offsets = self._coder_tables()
+        eb, gc = legacy_coders(self) if legacy else (self.entropy_bottleneck, self.gaussian_conditional)
+        cdfs, cdf_lengths, offsets = self._coder_tables(gc)
         y_strings, z_strings = strings
         if len(y_strings) != len(z_strings):
             raise ValueError("y and z strings disagree on the batch size")
@@ -343,8 +345,8 @@ class ICWEM(CompressionModel):
         z_count = self.entropy_bottleneck._quantized_cdf.shape[0] * z_h * z_w
         y_hw = (4 * z_h, 4 * z_w)
         y_count = self.config["M"] * y_hw[0] * y_hw[1]
-        z_hat = self.entropy_bottleneck.decompress([guarded(s, z_count, "z") for s in z_strings], (z_h, z_w))
-        nets, z_in = self._parameter_path(z_hat)
+        z_hat = eb.decompress([guarded(s, z_count, "z") for s in z_strings], (z_h, z_w))
+        nets, z_in = (self, z_hat) if legacy else self._parameter_path(z_hat)
         latent_means, latent_scales = nets.hyper_synthesis(z_in)
 
         decoders = []
@@ -356,7 +358,7 @@ class ICWEM(CompressionModel):
         indexes: List[Tensor] = []
 
         def decode_slice(i: int, mu: Tensor, sigma: Tensor) -> Tensor:
-            index = scale_indexes(sigma)
+            index = gc.build_indexes(sigma) if legacy else scale_indexes(sigma)
             values = [
                 decoder.decode_stream(index[b].reshape(-1).tolist(), cdfs, cdf_lengths, offsets)
                 for b, decoder in enumerate(decoders)

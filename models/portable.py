@@ -34,6 +34,7 @@ import numpy as np
 import scipy.stats
 import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
+from compressai.models.base import get_scale_table
 from torch import Tensor, nn
 
 # The networks between ẑ and the entropy coder: what decides the symbols' tables.
@@ -151,6 +152,24 @@ def _update_gaussian(gc: GaussianConditional, force: bool) -> bool:
 
 def _standardized_cumulative(x: Tensor) -> Tensor:
     return 0.5 * torch.erfc(-(2**-0.5) * x)
+
+
+def legacy_coders(model: nn.Module) -> Tuple[EntropyBottleneck, GaussianConditional]:
+    """Copies of the model's entropy models with CompressAI's own float32 tables (the default scale
+    table computed here): what format-version-1 files were coded with, before the portable tables."""
+    token = tuple((p.data_ptr(), p._version) for p in model.entropy_bottleneck.parameters())
+    cached = _LEGACY.get(model)
+    if cached is None or cached[0] != token:
+        with torch.inference_mode(False), torch.no_grad():
+            eb = copy.deepcopy(model.entropy_bottleneck)
+            eb.update(force=True)
+            gc = GaussianConditional(None).to(model.entropy_bottleneck.quantiles.device)
+            gc.update_scale_table(get_scale_table())
+        cached = _LEGACY[model] = (token, (eb, gc))
+    return cached[1]
+
+
+_LEGACY: "weakref.WeakKeyDictionary[nn.Module, Tuple[tuple, tuple]]" = weakref.WeakKeyDictionary()
 
 
 # ---------------------------------------------------------------------------------------- decode check

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -73,4 +74,51 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     """The tiny configuration with the original's fixture weights, saved as a published checkpoint is."""
     path = tmp_path_factory.mktemp("checkpoint") / "icwem-tiny.pth.tar"
     torch.save({"state_dict": torch.load(TINY / "weights.pt", weights_only=True)}, path)
+    return path
+
+
+WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "weights"
+
+
+def spread_scales_model(seed: int = 0):
+    """The tiny preset with seeded random weights, rescaled so that its scales spread over the table.
+
+    A random model puts every σ at the 0.11 floor (index 0), which exercises one table only; portability
+    is at stake where σ falls anywhere among the 64 boundaries. So the last layer of each scale network
+    is set to give per-channel σ log-uniform in [0.15, 60] with ±30 % variation across the image, and
+    g_a's output is amplified so the symbols are not all zero. Eval mode, coder tables built.
+    """
+    from models import ICWEM, get_config
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = ICWEM(**get_config("tiny")).eval()
+    x = torch.from_numpy(photo("astronaut")[:256, :256]).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        model.g_a[-1].weight.mul_(8.0)
+        model.g_a[-1].bias.mul_(8.0)
+        para = model(x)["para"]
+        slice_ch = model.config["M"] // model.num_slices
+        for i, net in enumerate(model.cc_scale_transforms):
+            last = net[-1]
+            raw = para["scales"][:, i * slice_ch:(i + 1) * slice_ch] - last.bias[None, :, None, None]
+            spread = raw.std(dim=(0, 2, 3)).clamp_min(1e-6)
+            centre = torch.exp(torch.empty(slice_ch).uniform_(math.log(0.15), math.log(60.0), generator=generator))
+            last.weight.mul_((0.3 * centre / spread)[:, None, None, None])
+            last.bias.copy_(centre)
+    model.update(force=True)
+    return model
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint whose scales spread over the table: the first models/weights/*.pt* file if the
+    repository ships one, otherwise ``spread_scales_model(0)`` saved as a checkpoint (nothing is trained)."""
+    shipped = sorted(WEIGHTS.glob("*.pt*"))
+    if shipped:
+        return shipped[0]
+    path = tmp_path_factory.mktemp("trained") / "icwem-spread.pth.tar"
+    model = spread_scales_model(0)
+    torch.save({"state_dict": model.state_dict(), "model_config": model.config}, path)
     return path

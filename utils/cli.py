@@ -29,6 +29,28 @@ def add_tile_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def pixel_count(text: str) -> int:
+    """``--max-pixels`` value: a whole number of pixels, 1 or more."""
+    try:
+        pixels = int(text)
+    except ValueError:
+        pixels = 0
+    if pixels < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of pixels (1 or more)")
+    return pixels
+
+
+def add_max_pixels_argument(parser: argparse.ArgumentParser) -> None:
+    """``--max-pixels N``: the largest image a decode accepts (Pillow's convention and default)."""
+    from .bitstream import DEFAULT_MAX_PIXELS
+
+    parser.add_argument(
+        "--max-pixels", type=pixel_count, default=DEFAULT_MAX_PIXELS, metavar="N",
+        help=f"refuse to decode images of more than N pixels (default {DEFAULT_MAX_PIXELS}, Pillow's limit); "
+             "checked from the file's header before any work",
+    )
+
+
 def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None) -> None:
     """Run ``main(argv)`` and turn user errors into one line on stderr and a non-zero exit code.
 

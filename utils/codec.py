@@ -97,7 +97,7 @@ def decode_bitstream(model: nn.Module, bs: Bitstream, max_pixels: int = DEFAULT_
     try:
         with torch.inference_mode():
             # decompress checks both strings and bounds the coder's reads (models/rans_guard.py).
-            out = model.decompress([[bs.y_string], [bs.z_string]], bs.z_shape)
+            out = model.decompress([[bs.y_string], [bs.z_string]], bs.z_shape, legacy=bs.check is None)
             x_hat = crop(out["x_hat"], Padding(*bs.pad))
             finite = bool(torch.isfinite(x_hat).all())
     except (RuntimeError, ValueError, IndexError, OverflowError) as exc:
