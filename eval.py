@@ -7,8 +7,9 @@
 For every image under DIR (recursive): PSNR, MS-SSIM (linear and dB), bpp and encode/decode seconds,
 averaged over the images. Without --real, bpp is estimated from the forward pass's likelihoods; with
 --real it is the size of the real .icwem file, header included, and the estimate and the overhead are
-shown beside it. --output writes the points as CompressAI eval_model JSON. Exit codes: 0 done, 1 user
-error (missing data, no images, unreadable checkpoint, ...).
+shown beside it. --output writes the points as CompressAI eval_model JSON. --tile N: rows per band of
+the streamed transforms (default: bands of about 0.75 megapixels; 0: whole images). Exit codes: 0
+done, 1 user error (missing data, no images, unreadable checkpoint, ...).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Optional, Sequence
 # user-facing output should be our own lines only.
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
 
-from utils.cli import add_tile_argument, run_cli  # noqa: E402
+from utils.cli import add_max_pixels_argument, add_tile_argument, run_cli  # noqa: E402
 from utils.evaluation import (  # noqa: E402
     RATE_ESTIMATE,
     RATE_REAL,
@@ -43,13 +44,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, help="write the RD points to this JSON file (CompressAI eval_model layout)")
     p.add_argument("--name", default="ICWEM", help="curve name in the JSON file")
     add_tile_argument(p)
+    add_max_pixels_argument(p)
     return p.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     device = select_device(args.cuda)
-    points = evaluate_checkpoints(args.checkpoint, args.data, args.real, device, tile=args.tile)
+    points = evaluate_checkpoints(args.checkpoint, args.data, args.real, device, tile=args.tile, max_pixels=args.max_pixels)
 
     rate = RATE_REAL if args.real else RATE_ESTIMATE
     print(f"{args.data} on {device}")

@@ -9,7 +9,9 @@ MS-SSIM, MS-SSIM dB, encode s, decode s); the rows and their mean are printed.
 
 Without --real nothing is entropy-coded: bpp is the likelihood estimate of the forward pass, the table
 has no bytes, estimate or overhead columns, and no .icwem or .png file is written (they need --real).
-Without --save-dir only the table is printed. Exit codes: 0 done, 1 user error.
+Without --save-dir only the table is printed. Large images are coded in row bands of about 0.75
+megapixels, in memory that grows with the width only; --tile N sets the rows per band, --tile 0 codes
+each image whole (same bitstreams either way). Exit codes: 0 done, 1 user error.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Optional, Sequence
 # user-facing output should be our own lines only.
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
 
-from utils.cli import add_tile_argument, run_cli  # noqa: E402
+from utils.cli import add_max_pixels_argument, add_tile_argument, run_cli  # noqa: E402
 from utils.evaluation import RATE_ESTIMATE, RATE_REAL, code_images, select_device  # noqa: E402
 
 
@@ -34,6 +36,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--real", action="store_true", help="entropy-code real bitstreams (needed for .icwem/.png files)")
     p.add_argument("--save-dir", help="folder for the .icwem/.png files and results.csv/results.json")
     add_tile_argument(p)
+    add_max_pixels_argument(p)
     return p.parse_args(argv)
 
 
@@ -44,7 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"rate: {RATE_REAL if args.real else RATE_ESTIMATE}; times in seconds")
     if args.save_dir is not None and not args.real:
         print("no --real: writing only results.csv and results.json (.icwem and .png files need --real)")
-    code_images(args.checkpoint, args.data, args.real, device, args.save_dir, tile=args.tile)
+    code_images(args.checkpoint, args.data, args.real, device, args.save_dir, tile=args.tile, max_pixels=args.max_pixels)
     if args.save_dir is not None:
         print(f"wrote {args.save_dir}/")
     return 0

@@ -213,7 +213,7 @@ def test_output_names_never_collide(tmp_path):
 def test_eval_py_gives_one_real_point_per_checkpoint(photos, checkpoint, other_checkpoint, tmp_path):
     output = tmp_path / "icwem.json"
     printed = _run(EVAL, ["--checkpoint", checkpoint, other_checkpoint, "--data", photos, "--real", "--output", output])
-    assert "54-byte header and checksum included" in printed
+    assert "58-byte header and checksum included" in printed
     assert "ovh %" in printed and "enc s" in printed
 
     curve = read_results(output)
@@ -276,6 +276,13 @@ def test_eval_py_refuses_data_without_images(tmp_path, checkpoint, layout):
 def test_eval_py_checks_every_checkpoint_before_starting(tmp_path, photos, checkpoint):
     with pytest.raises(UserError, match="checkpoint not found: .*missing.pth.tar"):
         EVAL.main(["--checkpoint", str(checkpoint), str(tmp_path / "missing.pth.tar"), "--data", str(photos)])
+
+
+@pytest.mark.parametrize("script", ["test", "eval"])
+def test_images_above_max_pixels_are_refused_before_coding(tmp_path, photos, checkpoint, script):
+    argv = ["--checkpoint", str(checkpoint), "--data", str(photos), "--real", "--max-pixels", "100"]
+    with pytest.raises(UserError, match="above the decode limit of 100 pixels; pass --max-pixels"):
+        {"test": TEST, "eval": EVAL}[script].main(argv)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

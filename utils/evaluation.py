@@ -7,7 +7,7 @@ Two ways to measure an image, both on the whole image (padded for the model, cro
   cropped and quantised to 8 bit. The pass has no separate encoder and decoder, so its time is split
   in half between the two, as CompressAI's ``eval_model --entropy-estimation`` reports it.
 * real (``--real``): the image is coded into the bytes of an ``.icwem`` file and decoded from those
-  bytes. bpp counts every byte of the file, the 54-byte header and checksum included; quality is
+  bytes. bpp counts every byte of the file, the 58-byte header and checksum included; quality is
   measured on the decoded image. The estimate is reported beside it, with the overhead in percent.
 
 Quality is always measured between 8-bit images, as a user would on the decoded PNG. Results for a set
@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from models import load_checkpoint
 
-from .bitstream import OVERHEAD_BYTES, pack, read_file, unpack, write_file
+from .bitstream import DEFAULT_MAX_PIXELS, OVERHEAD_BYTES, pack, read_file, unpack, write_file
 from .codec import decode_bitstream, encode_image
 from .errors import UserError
 from .image_io import find_images, read_image, to_tensor, to_uint8, write_png
@@ -85,16 +85,26 @@ def estimate(model: nn.Module, rgb_uint8: np.ndarray) -> tuple[float, np.ndarray
 
 
 def measure_image(
-    model: nn.Module, rgb_uint8: np.ndarray, real: bool, icwem_path: Optional[Path] = None
+    model: nn.Module,
+    rgb_uint8: np.ndarray,
+    real: bool,
+    icwem_path: Optional[Path] = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[dict, np.ndarray]:
     """Code one image and measure it (see the module docstring); returns (fields, reconstruction).
 
     The fields are those of the table (``_COLUMNS``) that the mode has, in table order.
 
     With ``real`` and an ``icwem_path``, the bitstream is written to that file and decoded from the file
-    read back; without a path it makes the round trip through the same bytes in memory.
+    read back; without a path it makes the round trip through the same bytes in memory. An image above
+    ``max_pixels`` is refused before it is coded, as its decode would be.
     """
     height, width = rgb_uint8.shape[:2]
+    if real and height * width > max_pixels:
+        raise UserError(
+            f"image of {width}x{height} = {height * width} pixels is above the decode limit of {max_pixels} "
+            "pixels; pass --max-pixels to code it"
+        )
     bpp_estimate, reconstruction, forward_s = estimate(model, rgb_uint8)
     if real:
         bs, encoded = encode_image(model, rgb_uint8)
@@ -103,7 +113,7 @@ def measure_image(
             num_bytes, received = len(data), unpack(data)
         else:
             num_bytes, received = write_file(icwem_path, bs), read_file(icwem_path)
-        reconstruction, decoded = decode_bitstream(model, received)
+        reconstruction, decoded = decode_bitstream(model, received, max_pixels)
         bpp = bits_per_pixel(num_bytes, height, width)
         fields = {
             "bytes": num_bytes,
@@ -159,7 +169,12 @@ def _read(path: Path, show_notices: bool = True) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------- eval.py
 def evaluate_checkpoints(
-    checkpoints: Sequence[PathLike], data: PathLike, real: bool, device: torch.device, tile: Optional[int] = None
+    checkpoints: Sequence[PathLike],
+    data: PathLike,
+    real: bool,
+    device: torch.device,
+    tile: Optional[int] = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[dict]:
     """One RD point per checkpoint: the mean fields over every image under ``data`` (``mean_fields``).
 
@@ -176,7 +191,7 @@ def evaluate_checkpoints(
         rows = []
         for path in tqdm(paths, desc=str(checkpoint), unit="image", leave=False, dynamic_ncols=True):
             rgb = _read(path, show_notices=index == 0)
-            rows.append(measure_image(model, rgb, real)[0])
+            rows.append(measure_image(model, rgb, real, max_pixels=max_pixels)[0])
         points.append(mean_fields(rows))
         del model  # before the next one is loaded, so that only one is in memory at a time
     return points
@@ -242,6 +257,7 @@ def code_images(
     device: torch.device,
     save_dir: Optional[PathLike],
     tile: Optional[int] = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[list[dict], dict]:
     """Measure every image under ``data`` with one checkpoint; returns (per-image rows, mean fields).
 
@@ -260,7 +276,7 @@ def code_images(
     for path, name in zip(tqdm(paths, unit="image", leave=False, dynamic_ncols=True), names):
         rgb = _read(path)
         icwem_path = save_dir / f"{name}.icwem" if save_dir is not None and real else None
-        fields, reconstruction = measure_image(model, rgb, real, icwem_path)
+        fields, reconstruction = measure_image(model, rgb, real, icwem_path, max_pixels)
         if icwem_path is not None:
             _write_png(save_dir / f"{name}.png", reconstruction)
         row = {"name": name, "height": rgb.shape[0], "width": rgb.shape[1], **fields}
