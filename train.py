@@ -49,7 +49,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--skip_epoch", type=int, default=0,
                    help="start at this epoch (the learning-rate schedule is advanced as if the skipped epochs had run)")
     # Additions.
-    p.add_argument("--model-config", default="icwem", help="preset (icwem, icwem-n64, tiny) or JSON file")
+    p.add_argument("--model-config", default="icwem", help="preset (icwem, icwem-n64, small, tiny) or JSON file")
     p.add_argument("--device", default=None, help="device, e.g. cpu, cuda, cuda:1 (overrides --cuda)")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
                    help="mixed precision for the forward pass, CUDA only (fp16 uses a gradient scaler)")
@@ -60,6 +60,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=100, help="log the training losses to TensorBoard every this many steps")
     p.add_argument("--save-every-steps", type=int, default=0,
                    help="also save checkpoint_latest.pth.tar every this many steps within an epoch (0: only at epoch ends)")
+    p.add_argument("--augment", action="store_true",
+                   help="multi-scale random crops (each image shrunk by a random factor in [0.3, 1] first) and left-right flips")
+    p.add_argument("--repeat", type=int, default=1, help="visit every training image this many times per epoch (different crops)")
+    p.add_argument("--lr-schedule", choices=["multistep", "cosine"], default="multistep",
+                   help="multistep: x0.1 at --lr_epoch (the original); cosine: decay to 1%% of -lr over --epochs")
+    p.add_argument("--decoder-clamp", action="store_true",
+                   help="train on the decoder's picture: clamp g_s's output and x̂ to [0, 1] as decompress does "
+                        "(straight-through gradients)")
     return p.parse_args(argv)
 
 

@@ -49,6 +49,22 @@ def _pad_to(img: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.pad(img, pads, mode=mode)
 
 
+# The smallest factor by which --augment shrinks a training image before cropping.
+MIN_SCALE = 0.3
+
+
+def _random_rescale_and_flip(img: np.ndarray, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """Shrink by a log-uniform factor in [MIN_SCALE, 1] (kept large enough for the patch), flip half the time."""
+    h, w = img.shape[:2]
+    low = max(MIN_SCALE, height / h, width / w)
+    scale = math.exp(rng.uniform(math.log(low), 0.0)) if low < 1 else 1.0
+    flip = rng.random() < 0.5
+    if scale < 1:
+        size = (max(width, round(w * scale)), max(height, round(h * scale)))
+        img = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS))
+    return np.ascontiguousarray(img[:, ::-1]) if flip else img
+
+
 class ImageFolder(Dataset):
     """Every image under ``root/split`` (recursive), as 3xHxW float32 patches in [0, 1].
 
@@ -60,6 +76,11 @@ class ImageFolder(Dataset):
             (the test split, as in the original).
         seed: the run's seed.
         verbose: print the warnings about unreadable files (only one process of a distributed run should).
+        augment: training only: before cropping, shrink the image by a random factor (log-uniform in
+            [``MIN_SCALE``, 1], never below the patch) and flip it left-right half the time. A few photos
+            then give crops at many scales, which is what a small training set lacks most.
+        repeat: each epoch visits every image this many times (each visit a different random crop), so
+            that an epoch of a few photos is more than one step.
 
     Images smaller than the patch are reflect-padded first. Files Pillow cannot open are reported once on
     stderr and left out; a file whose pixels turn out to be corrupt while training is reported (once per
@@ -74,6 +95,8 @@ class ImageFolder(Dataset):
         random_crop: bool,
         seed: int = 0,
         verbose: bool = True,
+        augment: bool = False,
+        repeat: int = 1,
     ):
         folder = Path(root) / split
         if not folder.is_dir():
@@ -96,6 +119,8 @@ class ImageFolder(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.verbose = verbose
+        self.augment = augment
+        self.repeat = int(repeat)
         self._reported: set = set()
 
     def set_epoch(self, epoch: int) -> None:
@@ -103,14 +128,16 @@ class ImageFolder(Dataset):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.files) * self.repeat
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        img = self._read(index)
+        img = self._read(index % len(self.files))
         height, width = self.patch_size
+        rng = np.random.default_rng([_CROP_STREAM, self.seed, self.epoch, index])
+        if self.augment:
+            img = _random_rescale_and_flip(img, height, width, rng)
         img = _pad_to(img, height, width)
         if self.random_crop:
-            rng = np.random.default_rng([_CROP_STREAM, self.seed, self.epoch, index])
             top = int(rng.integers(0, img.shape[0] - height + 1))
             left = int(rng.integers(0, img.shape[1] - width + 1))
         else:  # centre crop, rounded like torchvision's CenterCrop

@@ -30,7 +30,9 @@ class RateDistortionLoss(nn.Module):
     ``forward`` returns the terms as a dict: ``loss``, ``bpp_loss`` and either ``mse_loss`` (the MSE on the
     [0, 1] scale) or ``ms_ssim_loss``. As in the original, ``ms_ssim_loss`` holds the MS-SSIM *value*
     (higher is better), not 1 − MS-SSIM. Everything is computed in float32, so the terms are the same under
-    mixed precision. ``x_hat`` is used unclamped, as in the original.
+    mixed precision. ``x_hat`` is used unclamped, as in the original. A model trained with
+    ``decoder_clamp`` also returns ``range_loss`` (g_s's output outside [0, 1]); it is added with the
+    distortion's weight (λ·255² for MSE, λ for MS-SSIM) and reported as ``range_loss``.
     """
 
     def __init__(self, lmbda: float = 1e-2, metric: str = "mse"):
@@ -51,6 +53,10 @@ class RateDistortionLoss(nn.Module):
         else:
             terms["ms_ssim_loss"] = ms_ssim(x_hat, target, data_range=1.0)
             terms["loss"] = self.lmbda * (1 - terms["ms_ssim_loss"]) + terms["bpp_loss"]
+        if "range_loss" in output:
+            terms["range_loss"] = output["range_loss"].float()
+            weight = self.lmbda * 255**2 if self.metric == "mse" else self.lmbda
+            terms["loss"] = terms["loss"] + weight * terms["range_loss"]
         return terms
 
 

@@ -14,11 +14,15 @@ from utils.errors import UserError
 
 from .config import config_from_state_dict, validate_config
 from .icwem import ICWEM
+from .zoo import resolve_checkpoint
 
 
 def read_checkpoint(path: Union[str, Path], map_location="cpu") -> dict:
-    """``torch.load(weights_only=True)`` with user-facing errors; always returns a dict."""
-    path = Path(path)
+    """``torch.load(weights_only=True)`` with user-facing errors; always returns a dict.
+
+    ``path`` may also name a shipped model (``icwem-small-q3``, see ``models/zoo.py``).
+    """
+    path = resolve_checkpoint(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:

@@ -38,6 +38,12 @@ def parameter_net(in_channels: int, hidden: Sequence[int], out_channels: int) ->
     )
 
 
+def _clamp01(x: Tensor, straight_through: bool) -> Tensor:
+    """Clamp to [0, 1]; with ``straight_through`` the gradient passes as if there were no clamp."""
+    clamped = x.clamp(0, 1)
+    return x + (clamped - x).detach() if straight_through else clamped
+
+
 class ICWEM(CompressionModel):
     r"""Invertible Channel-Wise Entropy Model for learned image compression.
 
@@ -237,7 +243,14 @@ class ICWEM(CompressionModel):
             raise ValueError(f"input size {h}x{w} is not a multiple of {f}; pad it first (utils.padding)")
 
     # ------------------------------------------------------------------ training / estimation
-    def forward(self, x: Tensor) -> Dict:
+    def forward(self, x: Tensor, decoder_clamp: bool = False) -> Dict:
+        """Training / estimation pass.
+
+        ``decoder_clamp`` applies the decoder's clamps of g_s's output and of x̂ to [0, 1] (see
+        :meth:`synthesis`) with straight-through gradients, so that a model trained with it is scored on
+        the picture its decoder will produce, and adds ``range_loss`` (see below); without it (the
+        original's training) x̂ is unclamped.
+        """
         y = self.analysis(x)
         z = self.h_a(y)
         _, z_likelihoods = self.entropy_bottleneck(z)
@@ -254,11 +267,20 @@ class ICWEM(CompressionModel):
             return quantize_ste(y_slices[i] - mu) + mu
 
         y_hat, means, scales = self._code_slices(latent_means, latent_scales, y.shape[-2:], round_slice)
-        return {
-            "x_hat": self.synthesis(y_hat),
+        out = {
             "likelihoods": {"y": torch.cat(y_likelihoods, dim=1), "z": z_likelihoods},
             "para": {"means": means, "scales": scales, "y": y},
         }
+        if not decoder_clamp:
+            out["x_hat"] = self.synthesis(y_hat)
+            return out
+        # The decoder clamps g_s's output before the inverse INN: what falls outside [0, 1] there is lost.
+        # The straight-through clamp lets the loss see that picture; range_loss (the squared distance of
+        # g_s's output to [0, 1]) pulls g_s's output, and with it the INN's domain, into that range.
+        g = self.g_s(y_hat)
+        out["range_loss"] = (g - g.detach().clamp(0, 1)).square().mean()
+        out["x_hat"] = _clamp01(self.enh.back_enh(self.inv.reverse(_clamp01(g, True))), True)
+        return out
 
     # ------------------------------------------------------------------ real entropy coding
     # Real coding computes the entropy parameters portably (float64 on the CPU, models/portable.py), so

@@ -43,7 +43,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.optim.lr_scheduler import MultiStepLR
+from torch.optim.lr_scheduler import LambdaLR, MultiStepLR
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -111,6 +111,24 @@ class TrainConfig:
     max_minutes: Optional[float] = None
     log_every: int = 100
     save_every_steps: int = 0
+    augment: bool = False
+    repeat: int = 1
+    lr_schedule: str = "multistep"
+    decoder_clamp: bool = False
+
+
+# --lr-schedule cosine ends at this fraction of the initial learning rate.
+COSINE_FINAL_FACTOR = 0.01
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+    """The original's MultiStepLR (×0.1 at --lr_epoch), or a cosine decay over --epochs for a fixed budget."""
+    if cfg.lr_schedule == "cosine":
+        def factor(epoch: int) -> float:
+            progress = min(1.0, epoch / max(1, cfg.epochs))
+            return COSINE_FINAL_FACTOR + (1 - COSINE_FINAL_FACTOR) * 0.5 * (1 + math.cos(math.pi * progress))
+        return LambdaLR(optimizer, factor)
+    return MultiStepLR(optimizer, milestones=list(cfg.lr_epoch), gamma=0.1)
 
 
 @dataclass
@@ -164,6 +182,10 @@ def check_config(cfg: TrainConfig) -> None:
     for flag, value in positive.items():
         if value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
+    if cfg.repeat < 1:
+        raise UserError(f"--repeat must be at least 1, got {cfg.repeat}")
+    if cfg.lr_schedule not in ("multistep", "cosine"):
+        raise UserError(f"--lr-schedule must be multistep or cosine, got {cfg.lr_schedule!r}")
     nonnegative = {"--num-workers": cfg.num_workers, "--skip_epoch": cfg.skip_epoch,
                    "--save-every-steps": cfg.save_every_steps, "--clip_max_norm": cfg.clip_max_norm}
     if cfg.max_steps is not None:
@@ -255,7 +277,7 @@ def build_model(cfg: TrainConfig, checkpoint: Optional[dict], ctx: DistributedCo
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, criterion: RateDistortionLoss, device: torch.device,
-             ctx: DistributedContext) -> Dict[str, object]:
+             ctx: DistributedContext, decoder_clamp: bool = False) -> Dict[str, object]:
     """Mean test loss, bpp, distortion and PSNR over the whole test split (all ranks' shares).
 
     PSNR is measured on the reconstruction clamped to [0, 1], as a decoder would output it; the loss terms
@@ -267,7 +289,7 @@ def evaluate(model: nn.Module, loader: DataLoader, criterion: RateDistortionLoss
     image = None
     for x in loader:
         x = x.to(device, non_blocking=True)
-        out = model(x)
+        out = model(x, decoder_clamp=decoder_clamp)
         terms = criterion(out, x)
         n = x.shape[0]
         x_hat = out["x_hat"].float().clamp(0, 1)
@@ -294,7 +316,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     save_dir = Path(cfg.save_path) / str(cfg.lmbda)  # the original's layout: SAVE_PATH/<lambda>/
 
     # ---- data: random crops for training, centre crops for testing (the original's transforms)
-    train_set = ImageFolder(cfg.dataset, "train", cfg.patch_size, random_crop=True, seed=cfg.seed, verbose=master)
+    train_set = ImageFolder(cfg.dataset, "train", cfg.patch_size, random_crop=True, seed=cfg.seed, verbose=master,
+                            augment=cfg.augment, repeat=cfg.repeat)
     test_set = ImageFolder(cfg.dataset, "test", cfg.patch_size, random_crop=False, seed=cfg.seed, verbose=master)
     train_sampler = ShardedEpochSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=ctx.rank,
                                         world_size=ctx.world_size, pad=True)
@@ -310,7 +333,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     model = model.to(device)
     criterion = RateDistortionLoss(cfg.lmbda, cfg.type)
     optimizer, aux_optimizer = configure_optimizers(model, cfg.learning_rate, cfg.aux_learning_rate)
-    scheduler = MultiStepLR(optimizer, milestones=list(cfg.lr_epoch), gamma=0.1)
+    scheduler = make_scheduler(optimizer, cfg)
     scaler = torch.amp.GradScaler("cuda") if cfg.amp == "fp16" else None
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
                 if cfg.amp != "none" else nullcontext())
@@ -333,7 +356,7 @@ def train(cfg: TrainConfig) -> TrainResult:
         except (KeyError, ValueError) as exc:
             raise UserError(f"{cfg.checkpoint}: its optimizer state does not fit this model ({exc}); "
                             f"use --no-continue_train to start from its weights only") from None
-        if Counter(cfg.lr_epoch) != scheduler.milestones:
+        if isinstance(scheduler, MultiStepLR) and Counter(cfg.lr_epoch) != scheduler.milestones:
             if master:
                 print(f"note: learning-rate milestones now {list(cfg.lr_epoch)} (--lr_epoch), "
                       f"checkpoint had {sorted(scheduler.milestones.elements())}")
@@ -461,7 +484,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 optimizer.zero_grad(set_to_none=True)
                 aux_optimizer.zero_grad(set_to_none=True)
                 with autocast:
-                    out = model(x)
+                    out = model(x, decoder_clamp=cfg.decoder_clamp)
                 terms = criterion(out, x)
                 loss = terms["loss"]
                 # All ranks must agree before backward: DDP's all-reduce needs every rank, and a stop
@@ -535,7 +558,7 @@ def train(cfg: TrainConfig) -> TrainResult:
             bar.close()
 
             # ---- end of epoch: test, schedule, checkpoints, one summary line
-            test = evaluate(raw_model, test_loader, criterion, device, ctx)
+            test = evaluate(raw_model, test_loader, criterion, device, ctx, cfg.decoder_clamp)
             last_test_loss = test["loss"]
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()

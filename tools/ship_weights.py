@@ -1,0 +1,63 @@
+"""Turn training checkpoints into the shipped models: float16 weights in models/weights/ and their manifest.
+
+    python tools/ship_weights.py RUN/0.0035/checkpoint_best.pth.tar RUN/0.0067/... --name icwem-small
+
+Give the checkpoints lowest rate first (highest λ last): they become quality 1, 2, … Each file holds the
+state dict with every floating-point tensor rounded to float16 (integer buffers as they are), the model
+configuration, λ and the training step. The manifest records the fingerprint of the model *as loaded from
+the rounded file* (the one bitstreams name) and the file's SHA-256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from models import load_checkpoint, read_checkpoint, split_checkpoint  # noqa: E402
+from models.zoo import MANIFEST, WEIGHTS_DIR  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
+from utils.errors import UserError  # noqa: E402
+
+
+def half_state_dict(state_dict: dict) -> dict:
+    """Floating-point tensors as float16; the coder's integer tables unchanged."""
+    return {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("checkpoints", nargs="+", help="training checkpoints, lowest rate first")
+    p.add_argument("--name", default="icwem-small", help="file and model name prefix")
+    args = p.parse_args(argv)
+    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for quality, path in enumerate(args.checkpoints, start=1):
+        ckpt = read_checkpoint(path)
+        state_dict, config = split_checkpoint(ckpt)
+        if config is None:
+            raise UserError(f"{path}: not one of our training checkpoints (no model_config)")
+        lmbda = float(ckpt.get("args", {}).get("lmbda", float("nan")))
+        name = f"{args.name}-q{quality}"
+        out = WEIGHTS_DIR / f"{name}.pt"
+        torch.save({"state_dict": half_state_dict(state_dict), "model_config": config, "lambda": lmbda,
+                    "step": ckpt.get("step"), "epoch": ckpt.get("epoch")}, out)
+        model = load_checkpoint(out)  # the shipped model is the rounded one
+        entries.append({"name": name, "quality": quality, "lambda": lmbda, "file": out.name,
+                        "fingerprint": model.fingerprint().hex(),
+                        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(), "bytes": out.stat().st_size})
+        print(f"{out}: quality {quality}, lambda {lmbda:g}, {out.stat().st_size / 1e6:.2f} MB, "
+              f"fingerprint {entries[-1]['fingerprint']}")
+    MANIFEST.write_text(json.dumps({"models": entries}, indent=2) + "\n")
+    print(f"wrote {MANIFEST}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
