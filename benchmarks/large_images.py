@@ -19,6 +19,10 @@ time and memory do not depend on the values. Whole-image runs whose estimated pe
 "tiled" is the model's default (bands of about ``BAND_PIXELS`` pixels; an image that fits in one
 band runs whole) or ``--tile N``; "whole" is ``--tile 0``.
 
+``--synthetic-latent`` times the decoder alone: the bitstream it decodes is coded from a latent made
+cheaply from the picture (pooled to 1/16, random channel mix) instead of the analysis transform, so
+its encode column is not a measurement of encoding.
+
 ``--overhead`` prints, without running the model, how much work the bands repeat: per stage, the rows
 it computes over the rows of its output map, weighted by the stage's FLOPs per row (counted with
 ``torch.utils.flop_counter`` on a 256×256 image).
@@ -69,6 +73,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--log", type=Path, help="append each measurement as a JSON line to this file")
     p.add_argument("--compare", action="store_true", help="tiled vs whole: bitstreams and decoded pictures")
     p.add_argument("--overhead", action="store_true", help="FLOPs the bands repeat (no model run)")
+    p.add_argument("--synthetic-latent", action="store_true",
+                   help="encode a latent made from the pooled picture instead of running the analysis "
+                        "(only the decode is then a real measurement)")
     p.add_argument("--worker", nargs=5, metavar=("OP", "W", "H", "TILE", "FILE"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -183,6 +190,12 @@ def _worker(args: argparse.Namespace) -> None:
     if op == "compare":
         print(json.dumps(_compare(model, _photo(width, height), tile)))
         return
+    if op == "encode-latent":
+        # The coder on a latent made cheaply from the picture (pooled to 1/16, random channel mix):
+        # a bitstream of the right size for timing the decoder, without the analysis transform.
+        mix = 8 * torch.randn(model.config["M"], 3)
+        model.analysis = lambda x: torch.einsum("mc,bchw->bmhw", mix, torch.nn.functional.avg_pool2d(x, 16) - 0.5)
+        op = "encode"
     if op == "encode":
         rgb = _photo(width, height)
         start, cpu = time.perf_counter(), time.process_time()
@@ -260,14 +273,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             padded_height, padded_width = (-(-side // 64) * 64 for side in (size[1], size[0]))
             band = band_rows(row_tile, padded_width)
             row = {"size": f"{size[0]}x{size[1]}", "mp": mp, "mode": mode, "tile": row_tile,
-                   "rows": band if band < padded_height else 0, "config": args.config, "threads": args.threads}
+                   "rows": band if band < padded_height else 0, "config": args.config, "threads": args.threads,
+                   "synthetic_latent": args.synthetic_latent}
             if mode == "whole" and _WHOLE_GIB_BASE + _WHOLE_GIB_PER_MP * mp > args.max_whole_gib:
                 row["skipped"] = f"whole image estimated above {args.max_whole_gib} GiB"
             else:
                 with tempfile.TemporaryDirectory() as tmp:
                     path = str(Path(tmp) / "image.icwem")
                     for op in ("encode", "decode"):
-                        result = _run(args, op, size, row_tile, path)
+                        result = _run(args, "encode-latent" if op == "encode" and args.synthetic_latent else op,
+                                      size, row_tile, path)
                         row[op] = result
                         if "error" in result:
                             break
