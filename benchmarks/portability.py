@@ -3,6 +3,7 @@
     python benchmarks/portability.py decodes   # encode in one setup, decode in every other: counts, max differences
     python benchmarks/portability.py sigma     # how far σ and μ move across setups, float32 vs float64; boundary distances
     python benchmarks/portability.py cost      # encode/decode time, original float32 coding vs the portable path
+    python benchmarks/portability.py moved     # symbols and indexes the portable encoder codes differently from the original
 
 A *setup* is one process with its own intra-op thread count (1 or 2), oneDNN on or off, and
 ``ATEN_CPU_CAPABILITY`` (``default``: no SIMD kernels, or ``avx2``) — the knobs that change the last bits
@@ -43,14 +44,14 @@ SETUPS: Dict[str, Tuple[int, bool, str]] = {
     for t in (1, 2)
 }
 ENCODERS = ("1thr-dnn-avx2", "2thr-nodnn-default")  # opposite corners of the grid
-# (photo, top, left, height, width): sizes from 64x64 to 512x384, odd ones included.
+# (photo, top, left, height, width): odd sizes and up to 512x384; `decodes` takes the first --photos.
 PHOTOS = (
-    ("astronaut", 0, 0, 384, 512),
-    ("coffee", 8, 40, 300, 451),
-    ("chelsea", 0, 0, 256, 256),
-    ("rocket", 100, 50, 333, 200),
-    ("hubble_deep_field", 20, 20, 200, 300),
     ("camera", 64, 64, 64, 64),
+    ("chelsea", 0, 0, 128, 192),
+    ("rocket", 100, 50, 150, 200),
+    ("hubble_deep_field", 20, 20, 200, 300),
+    ("astronaut", 0, 0, 256, 384),
+    ("coffee", 8, 40, 300, 451),
     ("immunohistochemistry", 0, 0, 512, 384),
 )
 
@@ -289,6 +290,61 @@ def sigma(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- moved
+def _encoder_view(model, x: torch.Tensor, portable: bool):
+    """The symbols, scale indexes and decoded x̂ of ``compress``: portable, or as the original coded
+    (float32 parameters, CompressAI's own float32 tables and scale table)."""
+    from models.portable import legacy_coders, scale_indexes
+
+    eb = model.entropy_bottleneck
+    y = model.analysis(x)
+    z = model.h_a(y)
+    z_hat = eb.decompress(eb.compress(z), z.shape[-2:])
+    if portable:
+        nets, z_in = model._parameter_path(z_hat)
+        index_of = scale_indexes
+    else:
+        nets, z_in = model, z_hat
+        index_of = legacy_coders(model)[1].build_indexes
+    y_slices = y.to(z_in.dtype).chunk(model.num_slices, dim=1)
+    symbols, indexes = [], []
+
+    def record(i, mu, sigma):
+        q = model.gaussian_conditional.quantize(y_slices[i], "symbols", mu)
+        symbols.append(q)
+        indexes.append(index_of(sigma))
+        return model.gaussian_conditional.dequantize(q, mu)
+
+    y_hat, _, _ = model._code_slices(*nets.hyper_synthesis(z_in), tuple(y.shape[-2:]), record, nets)
+    return torch.cat(symbols, 1), torch.cat(indexes, 1), model.synthesis(y_hat.to(x.dtype), clamp=True)
+
+
+def moved(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from models import load_checkpoint
+    from tests.conftest import TINY
+    from utils.image_io import to_tensor
+    from utils.padding import pad_image
+
+    torch.set_num_threads(1)
+    inputs = [("fixture input", np.asarray(Image.open(TINY / "input.png").convert("RGB")))]
+    inputs += [(f"{spec[0]} {spec[3]}x{spec[4]}", _photo(spec)) for spec in PHOTOS[: args.photos]]
+    with tempfile.TemporaryDirectory(prefix="icwem-moved-") as tmp:
+        models = _models(Path(tmp), args.checkpoint, args.seeds)
+        print(f"{'model':24} {'image':26} {'symbols':>9} {'moved':>6} {'indexes moved':>14} {'max |Δx̂|':>10}")
+        for checkpoint in models:
+            model = load_checkpoint(checkpoint)
+            for label, rgb in inputs:
+                x, _ = pad_image(to_tensor(rgb))
+                with torch.inference_mode():
+                    q0, i0, x0 = _encoder_view(model, x, portable=False)
+                    q1, i1, x1 = _encoder_view(model, x, portable=True)
+                print(f"{Path(checkpoint).name:24} {label:26} {q0.numel():9d} {int((q0 != q1).sum()):6d} "
+                      f"{int((i0 != i1).sum()):14d} {float((x0 - x1).abs().max()):10.2e}", flush=True)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- cost
 def cost(args: argparse.Namespace) -> int:
     from PIL import Image
@@ -330,7 +386,7 @@ def cost(args: argparse.Namespace) -> int:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = p.add_subparsers(dest="command", required=True)
-    for name, run in (("decodes", decodes), ("sigma", sigma)):
+    for name, run in (("decodes", decodes), ("sigma", sigma), ("moved", moved)):
         c = commands.add_parser(name)
         c.add_argument("--photos", type=int, default=len(PHOTOS), help=f"how many of the {len(PHOTOS)} photo crops")
         c.add_argument("--seeds", type=int, nargs="*", default=[0, 1], help="spread-scale tiny models to build")

@@ -9,9 +9,10 @@ So everything that decides the coder's inputs is computed here, the same way eve
 * **Entropy parameters in float64 on the CPU.** ``parameter_nets(model)`` is a float64 CPU copy of the
   networks between ẑ and the coder (``h_mean_s``, ``h_scale_s``, the SWAtten blocks, the mean / scale /
   LRP networks). ``compress`` and ``decompress`` run the channel-wise loop with it; the main transforms
-  keep their dtype and device. Across setups float64 σ differ by ~1e-16 relative where float32 σ
-  differ by ~1e-7, so a σ must lie within ~1e-16 of a boundary for its index to flip (see README,
-  "Portability", for the measured numbers). The forward pass (training, estimates) is untouched.
+  keep their dtype and device. Measured across thread counts, oneDNN and SIMD kernels
+  (``benchmarks/portability.py sigma``), float32 σ move by up to 2.6e-4 relative and float64 σ by up
+  to 4.5e-13, so a flip needs σ within ~1e-13 of a boundary instead of ~1e-4 (README, "Portability",
+  has the numbers and the expected flip rate). The forward pass (training, estimates) is untouched.
 * **Pinned scale table.** CompressAI computes its 64 scales with float32 ``exp(linspace(...))`` on
   the machine at hand; we pin the values (``SCALE_TABLE``) so every machine compares σ with the same
   boundaries, and the comparison σ (float64) ≤ s (float32, exact in float64) is exact.
@@ -25,7 +26,6 @@ decode that still diverged would end in an error, never in a silently wrong pict
 from __future__ import annotations
 
 import copy
-import math
 import weakref
 import zlib
 from typing import Optional, Sequence, Tuple
