@@ -246,9 +246,13 @@ class _StageStream:
         self.start = 0  # input row held in buffer row 0
         self.done = 0  # output rows emitted so far
 
-    def push(self, rows: Optional[Tensor], last: bool) -> Optional[Tensor]:
+    def feed(self, rows: Optional[Tensor]) -> None:
+        """Append input rows; the caller drops its reference, so they exist once."""
         if rows is not None and rows.shape[-2]:
             self.buffer = rows if self.buffer is None else torch.cat((self.buffer, rows), dim=-2)
+
+    def emit(self, last: bool) -> Optional[Tensor]:
+        """The output rows that became exact since the last call (None while too few have)."""
         if self.buffer is None:
             return None
         end = self.start + self.buffer.shape[-2]
@@ -260,6 +264,8 @@ class _StageStream:
         out = self.stage.fn(self.buffer)
         first = int(self.start * self.stage.scale)
         emitted = out[..., self.done - first:hi - first, :]
+        if emitted.shape[-2] < out.shape[-2]:
+            emitted = emitted.clone()  # a view would keep all of ``out`` alive downstream
         self.done = hi
         keep = self.stage.context_start(hi, self.height)
         self.buffer = None if last else self.buffer[..., keep - self.start:, :].clone()
@@ -290,7 +296,9 @@ def stream_rows(stages: Sequence[Stage], x: Tensor, rows: int, unit: int = 1) ->
         last = top + feed >= height
         band: Optional[Tensor] = x[..., top:top + feed, :]
         for stream in streams:
-            band = stream.push(band, last)
+            stream.feed(band)
+            band = None
+            band = stream.emit(last)
             if band is None and not last:
                 break
         if band is not None:
