@@ -98,18 +98,23 @@ def _compare(model, rgb, tile: int) -> dict:
     from utils.padding import crop, pad_image
 
     x, padding = pad_image(to_tensor(rgb))
-    strings, pictures = {}, {}
+    strings, pictures, latents, unclamped = {}, {}, {}, {}
     with torch.inference_mode():
         for mode, rows in (("whole", 0), ("tiled", tile)):
             model.tile = rows
             out = model.compress(x)
             strings[mode] = out["strings"]
-            pictures[mode] = crop(model.decompress(strings["whole"], out["shape"])["x_hat"], padding)
+            decoded = model.decompress(strings["whole"], out["shape"])
+            pictures[mode] = crop(decoded["x_hat"], padding)
+            latents[mode] = model.analysis(x)
+            unclamped[mode] = model.synthesis(decoded["y_hat"])  # the decoder clamps; this shows the float error
     original = to_tensor(rgb)
     quality = {mode: psnr(original, to_tensor(to_uint8(p))) for mode, p in pictures.items()}
     return {
         "identical_strings": strings["whole"] == strings["tiled"],
         "max_abs_x_hat": float((pictures["whole"] - pictures["tiled"]).abs().max()),
+        "max_abs_y": float((latents["whole"] - latents["tiled"]).abs().max()),
+        "max_abs_x_hat_unclamped": float((unclamped["whole"] - unclamped["tiled"]).abs().max()),
         "psnr_whole": quality["whole"],
         "psnr_tiled": quality["tiled"],
         "pixels_differing_8bit": int((to_uint8(pictures["whole"]) != to_uint8(pictures["tiled"])).sum()),
@@ -172,6 +177,30 @@ def overhead(config: str, size: tuple, tile: Optional[int]) -> dict:
     return result
 
 
+def _log_bands(path: str) -> None:
+    """Append a line per band of the first streamed stage to ``path`` (wall s, CPU s, its input
+    rows), so that a run stopped before the end still shows how far it got and at what rate."""
+    import models.icwem as icwem
+
+    stream_rows = icwem.stream_rows
+    start, cpu = time.perf_counter(), time.process_time()
+
+    def logged(stages, x, rows, unit=1):
+        first = stages[0]
+        fn = first.fn
+
+        def fn_logged(band):
+            out = fn(band)
+            with open(path, "a") as f:
+                f.write(f"{time.perf_counter() - start:.1f} {time.process_time() - cpu:.1f} {band.shape[-2]}\n")
+            return out
+
+        first.fn = fn_logged
+        return stream_rows(stages, x, rows, unit)
+
+    icwem.stream_rows = logged
+
+
 def _worker(args: argparse.Namespace) -> None:
     """Runs in its own process: one encode, decode or comparison, then one JSON line on stdout."""
     import torch
@@ -196,6 +225,7 @@ def _worker(args: argparse.Namespace) -> None:
         mix = 8 * torch.randn(model.config["M"], 3)
         model.analysis = lambda x: torch.einsum("mc,bchw->bmhw", mix, torch.nn.functional.avg_pool2d(x, 16) - 0.5)
         op = "encode"
+    _log_bands(f"{path}.{op}.bands")
     if op == "encode":
         rgb = _photo(width, height)
         start, cpu = time.perf_counter(), time.process_time()
