@@ -1,7 +1,10 @@
 """Encode one image to an .icwem file, or decode an .icwem file to a PNG, with an ICWEM checkpoint.
 
-    python codec.py encode IMAGE -o FILE.icwem --checkpoint CK
-    python codec.py decode FILE.icwem -o OUT.png --checkpoint CK
+    python codec.py encode IMAGE -o FILE.icwem [--quality 1..5 | --checkpoint CK]
+    python codec.py decode FILE.icwem -o OUT.png [--checkpoint CK]
+
+Without --checkpoint, encode uses the shipped model of --quality (default: the middle rate point) and
+decode finds the shipped model by the fingerprint the file records.
 
 encode reads any image Pillow opens (each conversion it needs, e.g. alpha dropped, is printed as one
 line on stderr) and writes the bitstream; decode writes a PNG of the input's width and height, the
@@ -37,17 +40,44 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     enc = commands.add_parser("encode", help="image -> .icwem bitstream file")
     enc.add_argument("input", help="image file (PNG, JPEG, WebP, BMP, TIFF, ...)")
     enc.add_argument("-o", "--output", required=True, help=".icwem file to write")
-    enc.add_argument("--checkpoint", required=True, help="ICWEM checkpoint")
+    enc.add_argument("--checkpoint", help="ICWEM checkpoint or shipped model name (default: the shipped model of --quality)")
+    enc.add_argument("--quality", type=int, default=None,
+                     help="shipped model's rate point, 1 (smallest files) to the highest (default: the middle one)")
     add_tile_argument(enc)
     enc.set_defaults(run=encode)
     dec = commands.add_parser("decode", help=".icwem bitstream file -> PNG")
     dec.add_argument("input", help=".icwem file")
     dec.add_argument("-o", "--output", required=True, help="PNG file to write")
-    dec.add_argument("--checkpoint", required=True, help="the ICWEM checkpoint the file was encoded with")
+    dec.add_argument("--checkpoint", help="the ICWEM checkpoint the file was encoded with "
+                                           "(default: the shipped model whose fingerprint the file records)")
     add_tile_argument(dec)
     add_max_pixels_argument(dec)
     dec.set_defaults(run=decode)
     return p.parse_args(argv)
+
+
+def encoder_checkpoint(args: argparse.Namespace) -> str:
+    """--checkpoint if given (then --quality makes no sense), else the shipped model of --quality."""
+    from models.zoo import default_quality, shipped_by_quality
+
+    if args.checkpoint is not None:
+        if args.quality is not None:
+            raise UserError("give --checkpoint or --quality, not both (--quality picks a shipped model)")
+        return args.checkpoint
+    return str(shipped_by_quality(args.quality if args.quality is not None else default_quality()))
+
+
+def decoder_checkpoint(args: argparse.Namespace, fingerprint: bytes) -> str:
+    """--checkpoint if given, else the shipped model that the file names by its fingerprint."""
+    from models.zoo import shipped_by_fingerprint
+
+    if args.checkpoint is not None:
+        return args.checkpoint
+    path = shipped_by_fingerprint(fingerprint)
+    if path is None:
+        raise UserError(f"{args.input} was encoded with a model that is not shipped with ICWEM "
+                        f"(fingerprint {fingerprint.hex()}); pass the checkpoint it was encoded with as --checkpoint")
+    return str(path)
 
 
 def encode(args: argparse.Namespace) -> int:
@@ -60,7 +90,7 @@ def encode(args: argparse.Namespace) -> int:
     from models import load_checkpoint
     from utils.codec import encode_image
 
-    model = load_checkpoint(args.checkpoint)
+    model = load_checkpoint(encoder_checkpoint(args))
     if args.tile is not None:
         model.tile = args.tile
     bs, stats = encode_image(model, rgb)
@@ -83,7 +113,7 @@ def decode(args: argparse.Namespace) -> int:
     from utils.image_io import write_png
     from utils.metrics import bits_per_pixel
 
-    model = load_checkpoint(args.checkpoint)
+    model = load_checkpoint(decoder_checkpoint(args, bs.fingerprint))
     if args.tile is not None:
         model.tile = args.tile
     try:

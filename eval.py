@@ -32,12 +32,13 @@ from utils.evaluation import (  # noqa: E402
     rd_results,
     select_device,
 )
+from models.zoo import expand_shipped  # noqa: E402
 from utils.results import write_results  # noqa: E402
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", nargs="+", required=True, help="checkpoint(s); each gives one RD point")
+    p.add_argument("--checkpoint", nargs="+", required=True, help="checkpoint(s) or shipped model names (icwem-small-q3; 'shipped' = all); each gives one RD point")
     p.add_argument("--data", required=True, help="folder of images (searched recursively) or one image")
     p.add_argument("--cuda", action="store_true", help="run on CUDA (the CPU, with a warning, if there is none)")
     p.add_argument("--real", action="store_true", help="code real bitstreams instead of estimating the rate")
@@ -51,6 +52,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     device = select_device(args.cuda)
+    args.checkpoint = expand_shipped(args.checkpoint)
     points = evaluate_checkpoints(args.checkpoint, args.data, args.real, device, tile=args.tile, max_pixels=args.max_pixels)
 
     rate = RATE_REAL if args.real else RATE_ESTIMATE

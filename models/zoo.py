@@ -63,3 +63,17 @@ def shipped_by_fingerprint(fingerprint: bytes) -> Optional[Path]:
         if bytes.fromhex(entry["fingerprint"]) == fingerprint:
             return shipped_path(entry)
     return None
+
+
+def expand_shipped(checkpoints: List[str]) -> List[str]:
+    """Replace the word ``shipped`` by the names of all shipped models, lowest rate first."""
+    out: List[str] = []
+    for c in checkpoints:
+        if c == "shipped":
+            names = [e["name"] for e in shipped_models()]
+            if not names:
+                raise UserError("--checkpoint shipped: no models are shipped in this copy of ICWEM")
+            out.extend(names)
+        else:
+            out.append(c)
+    return out

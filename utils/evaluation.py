@@ -32,6 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from models import load_checkpoint
+from models.zoo import resolve_checkpoint
 
 from .bitstream import DEFAULT_MAX_PIXELS, OVERHEAD_BYTES, pack, read_file, unpack, write_file
 from .codec import decode_bitstream, encode_image
@@ -181,7 +182,7 @@ def evaluate_checkpoints(
     All checkpoint paths are checked before the first is evaluated, so a typo in the last one does
     not surface hours later. Image notices (alpha dropped, ...) are logged once.
     """
-    missing = [str(path) for path in checkpoints if not Path(path).is_file()]
+    missing = [str(path) for path in checkpoints if not resolve_checkpoint(path).is_file()]
     if missing:
         raise UserError(f"checkpoint not found: {', '.join(missing)}")
     paths = find_images(data)
