@@ -236,15 +236,22 @@ def band_rows(tile: Optional[int], width: int) -> int:
 class _StageStream:
     """One stage in a stream: buffers input rows and emits output rows as soon as they are exact."""
 
-    def __init__(self, stage: Stage, height: int, min_rows: int) -> None:
+    def __init__(self, stage: Stage, height: int, band: int) -> None:
         self.stage = stage
         self.height = height
-        # Compute once this many new rows are exact: 3/4 of a band, so that a band that arrives
-        # whole is computed at once although its last rows wait for the next band's context.
-        self.min_rows = max(1, 3 * min_rows // 4)
+        self.out_height = int(height * stage.scale)
+        # Compute once 3/4 of a band of new rows are exact (a band that arrives whole is computed at
+        # once although its last rows wait for the next band's context), and at most 3/2 of a band
+        # at a time (upsampling stages receive ever taller pieces from the stages before them).
+        self.min_rows = max(1, 3 * band // 4)
+        self.max_rows = max(1, 3 * band // 2)
         self.buffer: Optional[Tensor] = None
         self.start = 0  # input row held in buffer row 0
         self.done = 0  # output rows emitted so far
+
+    @property
+    def finished(self) -> bool:
+        return self.done == self.out_height
 
     def feed(self, rows: Optional[Tensor]) -> None:
         """Append input rows; the caller drops its reference, so they exist once."""
@@ -252,7 +259,8 @@ class _StageStream:
             self.buffer = rows if self.buffer is None else torch.cat((self.buffer, rows), dim=-2)
 
     def emit(self, last: bool) -> Optional[Tensor]:
-        """The output rows that became exact since the last call (None while too few have)."""
+        """Up to ``max_rows`` output rows that became exact (None while fewer than ``min_rows`` have,
+        or none at all once the input is complete)."""
         if self.buffer is None:
             return None
         end = self.start + self.buffer.shape[-2]
@@ -261,50 +269,70 @@ class _StageStream:
         if hi - self.done < (1 if last else self.min_rows):
             return None
         assert lo <= self.done, "a stage lost rows it still needed"
-        out = self.stage.fn(self.buffer)
+        if hi - self.done > self.max_rows:
+            end = self._input_end(self.done + self.max_rows, end)
+            hi = self.stage.exact(self.start, end, self.height)[1]
+        out = self.stage.fn(self.buffer[..., :end - self.start, :])
         first = int(self.start * self.stage.scale)
         emitted = out[..., self.done - first:hi - first, :]
         if emitted.shape[-2] < out.shape[-2]:
             emitted = emitted.clone()  # a view would keep all of ``out`` alive downstream
         self.done = hi
         keep = self.stage.context_start(hi, self.height)
-        self.buffer = None if last else self.buffer[..., keep - self.start:, :].clone()
+        self.buffer = None if self.finished else self.buffer[..., keep - self.start:, :].clone()
         self.start = keep
         return emitted
+
+    def _input_end(self, rows_out: int, end: int) -> int:
+        """The first input row end (≤ ``end``) from which output rows up to ``rows_out`` are exact."""
+        q = min(end, max(self.start + 1, int(rows_out / self.stage.scale)))
+        while q < end and self.stage.exact(self.start, q, self.height)[1] < rows_out:
+            q += 1
+        return q
+
+
+def _pump(streams: Sequence[_StageStream], box: List[Tensor], last: bool, sink: Callable[[Tensor], None]) -> None:
+    """Feed the rows in ``box`` (handed over: taken out of it) to the first stream and pass each piece
+    it emits down the rest, depth first, so that no stage holds more than a band or so at a time.
+    ``last``: no more input will come."""
+    head, rest = streams[0], streams[1:]
+    head.feed(box.pop())
+    while (piece := head.emit(last)) is not None:
+        if rest:
+            handed, piece = [piece], None
+            _pump(rest, handed, last and head.finished, sink)
+        else:
+            sink(piece)
 
 
 def stream_rows(stages: Sequence[Stage], x: Tensor, rows: int, unit: int = 1) -> Tensor:
     """Run ``stages`` over ``x`` (B×C×H×W) in bands of ``rows`` image rows; returns the whole output.
 
     ``unit``: image rows per row of ``x`` (1 for the image, 16 for the latent). A stage at 1/s of
-    the image's resolution computes once it can emit about a band's rows scaled to its resolution,
-    but at least ``rows / 2``: from 1/4 resolution down a map row costs 4× less memory per level, so
-    taking more rows there keeps each stage's recomputed context a small part of its band (half a
-    band is what a 1/2-resolution stage takes, where memory and work peak). Nothing but each stage's
-    own context is computed twice.
+    the image's resolution computes bands of about ``rows / s`` of its own rows, but at least
+    ``rows / 2``: from 1/4 resolution down a map row costs 4× less memory per level, so taking more
+    rows there keeps each stage's recomputed context a small part of its band (half a band is what a
+    1/2-resolution stage takes, where memory and work peak). Nothing but each stage's own context is
+    computed twice.
     """
     height = x.shape[-2]
     streams, scale = [], Fraction(1, unit)  # resolution of the stage's input relative to the image
     for stage in stages:
-        out_rows = int(rows * max(scale * stage.scale, Fraction(1, 2)))
-        streams.append(_StageStream(stage, int(height * scale * unit), out_rows))
+        band = int(rows * max(scale * stage.scale, Fraction(1, 2)))
+        streams.append(_StageStream(stage, int(height * scale * unit), band))
         scale *= stage.scale
-    out: Optional[Tensor] = None
+    out = x.new_empty(0)
     written = 0
+
+    def sink(piece: Tensor) -> None:
+        nonlocal out, written
+        if written == 0:
+            out = piece.new_empty(*piece.shape[:-2], streams[-1].out_height, piece.shape[-1])
+        out[..., written:written + piece.shape[-2], :] = piece
+        written += piece.shape[-2]
+
     feed = max(1, rows // unit)
     for top in range(0, height, feed):
-        last = top + feed >= height
-        band: Optional[Tensor] = x[..., top:top + feed, :]
-        for stream in streams:
-            stream.feed(band)
-            band = None
-            band = stream.emit(last)
-            if band is None and not last:
-                break
-        if band is not None:
-            if out is None:
-                out = band.new_empty(*band.shape[:-2], int(height * scale * unit), band.shape[-1])
-            out[..., written:written + band.shape[-2], :] = band
-            written += band.shape[-2]
-    assert out is not None and written == out.shape[-2], "the stream did not produce every row"
+        _pump(streams, [x[..., top:top + feed, :]], top + feed >= height, sink)
+    assert written and written == out.shape[-2], "the stream did not produce every row"
     return out
