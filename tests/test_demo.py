@@ -1,7 +1,8 @@
-"""The demo: the whole pipeline on a tiny budget (two training steps, photos shrunk to 96 px), then its files.
+"""The demo: the shipped models against JPEG, WebP and AVIF, and a training step, on one small photo.
 
-``demo.py`` runs once per module in a subprocess, as ``make demo`` runs it; each test checks one thing it
-promises: the table, the real .icwem file, the JPEG/WebP files, the listed artifacts, a clean re-run.
+``demo.py`` runs once per module in a subprocess, as ``make demo`` runs it (photo shrunk to 96 px, two
+training steps); each test checks one thing it promises: the table, the real files, the BD-rates, the
+plot and comparison sheet, the held-out photo, a clean re-run.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from utils.demo import MARKER, Layout, prepare_output, tile_origins
+from models.zoo import shipped_models
+from utils.demo import MARKER, Layout, prepare_output
 from utils.errors import UserError
 from utils.image_io import read_image
 
 REPO = Path(__file__).resolve().parents[1]
-CODECS = ("ICWEM", "JPEG", "WebP")
+CODECS = ("ICWEM", "JPEG", "WebP", "AVIF")
 
 
-def run(args, timeout=300) -> subprocess.CompletedProcess:
+def run(args, timeout=600) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")  # two shared cores
     return subprocess.run([sys.executable, "-u", *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=timeout)
@@ -33,94 +36,108 @@ def run(args, timeout=300) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo_output"
-    result = run(["demo.py", "--out", str(out), "--steps", "2", "--batch-size", "2", "--patch-size", "64", "64",
-                  "--max-side", "96", "--test-photos", "chelsea"])
+    result = run(["demo.py", "--out", str(out), "--steps", "2", "--max-side", "96", "--test-photos", "chelsea"])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return result.stdout, Layout(out, 0.01)
+    return result.stdout, Layout(out)
 
 
-def table_row(stdout: str, photo: str) -> dict:
-    """The printed table's row for ``photo`` as {codec: (bpp, PSNR, MS-SSIM)}."""
+def table_rows(stdout: str) -> dict:
+    """The printed table as {model: {codec: (bpp, PSNR, MS-SSIM)}}."""
     lines = stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if all(codec in line for codec in CODECS))
     assert [c.strip() for c in lines[header].split("|")[1:]] == list(CODECS)
-    row = next(line for line in lines[header:] if line.split("|")[0].strip() == photo)
-    groups = [tuple(float(v) for v in cell.split()) for cell in row.split("|")[1:]]
-    return dict(zip(CODECS, groups))
+    rows = {}
+    for line in lines[header + 3:]:
+        if "|" not in line:
+            break
+        cells = line.split("|")
+        rows[cells[0].strip()] = dict(zip(CODECS, (tuple(float(v) for v in c.split()) for c in cells[1:])))
+    return rows
 
 
-def test_demo_prints_one_sane_row_per_photo_and_codec(demo):
+def test_demo_prints_a_row_per_shipped_model_with_measured_numbers(demo):
     stdout, layout = demo
-    row = table_row(stdout, "chelsea")
-    for codec, (bpp, psnr, ms_ssim) in row.items():
-        assert bpp > 0 and math.isfinite(psnr) and psnr > 0 and 0 <= ms_ssim <= 1, (codec, row)
-    measured = json.loads((layout.coded / "results.json").read_text())["images"][0]
-    assert row["ICWEM"][0] == pytest.approx(measured["bpp"], abs=5e-4)  # the table shows what test.py measured
+    rows = table_rows(stdout)
+    models = shipped_models()
+    assert len(rows) == len(models) >= 4
+    for model, (label, row) in zip(models, rows.items()):
+        assert label.startswith(f"q{model['quality']} ")
+        measured = json.loads((layout.coded / model["name"] / "results.json").read_text())["images"][0]
+        assert row["ICWEM"][0] == pytest.approx(measured["bpp"], abs=5e-4)  # the table shows what test.py measured
+        for codec, (bpp, psnr, ms_ssim) in row.items():
+            assert bpp > 0 and math.isfinite(psnr) and psnr > 0 and 0 <= ms_ssim <= 1, (codec, row)
+    bpps = [row["ICWEM"][0] for row in rows.values()]
+    assert bpps == sorted(bpps)  # quality 1 is the lowest rate
     assert "demo finished in" in stdout
 
 
-def test_icwem_file_is_real_and_decodes_to_the_saved_png(demo):
+def test_icwem_files_are_real_and_decode_without_a_checkpoint(demo):
     _, layout = demo
-    measured = json.loads((layout.coded / "results.json").read_text())["images"][0]
-    icwem = layout.coded / "chelsea.icwem"
+    name = shipped_models()[0]["name"]
+    icwem = layout.coded / name / "chelsea.icwem"
+    measured = json.loads((layout.coded / name / "results.json").read_text())["images"][0]
     assert icwem.stat().st_size == measured["bytes"] > 0
     decoded = layout.out / "decoded.png"
-    result = run(["codec.py", "decode", str(icwem), "-o", str(decoded), "--checkpoint", str(layout.final_checkpoint)])
+    result = run(["codec.py", "decode", str(icwem), "-o", str(decoded)])  # the model is found by its fingerprint
     assert result.returncode == 0, result.stderr
-    saved, _ = read_image(layout.coded / "chelsea.png")
+    saved, _ = read_image(layout.coded / name / "chelsea.png")
     again, _ = read_image(decoded)
-    original, _ = read_image(layout.data / "test" / "chelsea.png")
-    assert saved.shape == original.shape == (64, 96, 3)  # chelsea (300x451) shrunk to 96 px
+    assert saved.shape == (64, 96, 3)  # chelsea (300x451) shrunk to 96 px
     assert np.array_equal(saved, again)
 
 
-def test_jpeg_and_webp_files_are_measured_as_written(demo):
+def test_anchor_files_are_measured_as_written(demo):
+    _, layout = demo
+    name = shipped_models()[0]["name"]
+    matched = json.loads((layout.compare / name / "matched.json").read_text())
+    assert set(matched) == {"JPEG", "WebP", "AVIF"}
+    for files in matched.values():
+        (entry,) = files
+        assert entry["bpp"] == pytest.approx(8 * Path(entry["file"]).stat().st_size / (64 * 96), abs=1e-9)
+
+
+def test_bd_rates_against_jpeg_are_printed_for_every_codec(demo):
+    stdout, _ = demo
+    block = stdout[stdout.index("Bjøntegaard deltas against 'JPEG'"):]
+    for name in ("JPEG", "WebP", "AVIF", "ICWEM (shipped)"):
+        line = next(line for line in block.splitlines() if line.startswith(name + " "))
+        value = line[len(name):].split()[0]
+        assert value == "+0.00%" if name == "JPEG" else re.fullmatch(r"[+-]\d+\.\d\d%|n/a", value), line
+
+
+def test_training_step_runs_and_its_model_is_coded(demo):
     stdout, layout = demo
-    row = table_row(stdout, "chelsea")
-    for codec, path in (("JPEG", layout.compare / "chelsea.jpg"), ("WebP", layout.compare / "chelsea.webp")):
-        assert row[codec][0] == pytest.approx(8 * path.stat().st_size / (64 * 96), abs=5e-4)
+    assert re.search(r"fine-tuned icwem-\S+ \(2 steps in [\d.]+ min\): [\d.]+ bpp, [\d.]+ dB", stdout)
+    assert (layout.coded / "fine-tuned" / "chelsea.icwem").is_file()
+    assert list(layout.train.glob("*/tensorboard/events.out.tfevents.*"))
 
 
-def test_every_artifact_is_listed_and_exists(demo):
+def test_plot_sheet_and_listed_files_exist(demo):
     stdout, layout = demo
     listing = stdout[stdout.index("files:"):]
-    paths = [layout.data, layout.final_checkpoint, layout.checkpoint, layout.coded / "results.json",
-             layout.coded / "results.csv", layout.compare / "comparison.json", layout.plot_prefix.with_suffix(".png")]
-    for path in paths:
-        assert path.exists() and str(path) in listing, path
-    for run in (layout.run, layout.final_run):  # both training runs log to TensorBoard
-        assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-    for name in ("jpeg.json", "webp.json", "icwem.json"):
-        assert (layout.compare / name).is_file()
+    for path in (layout.plot_prefix.with_suffix(".png"), layout.sheet, layout.compare / "icwem.json"):
+        assert path.is_file() and (str(path) in listing or str(path.parent) in listing), path
+    sheet, _ = read_image(layout.sheet)
+    assert sheet.shape[1] > 5 * 64  # original, ICWEM, JPEG, WebP, AVIF side by side
 
 
 def test_held_out_photos_are_never_trained_on(demo):
     _, layout = demo
     trained = {path.name for path in (layout.data / "train").iterdir()}
-    assert trained and not any(name.startswith("chelsea") for name in trained)
-    assert [path.name for path in (layout.data / "test").iterdir()] == ["chelsea.png"]
+    assert trained and "chelsea.png" not in trained
+    assert [path.name for path in layout.photos.iterdir()] == ["chelsea.png"]
 
 
 def test_a_new_run_replaces_an_earlier_demo_output(tmp_path):
-    layout = Layout(tmp_path / "out", 0.01)
-    prepare_output(layout, resume=False)
+    layout = Layout(tmp_path / "out")
+    prepare_output(layout)
     (layout.out / "stale.txt").write_text("from the last run")
-    prepare_output(layout, resume=False)
+    prepare_output(layout)
     assert [p.name for p in layout.out.iterdir()] == [MARKER]
 
 
 def test_a_folder_the_demo_did_not_make_is_left_alone(tmp_path):
     (tmp_path / "thesis.tex").write_text("precious")
     with pytest.raises(UserError, match="not made by the demo"):
-        prepare_output(Layout(tmp_path, 0.01), resume=False)
+        prepare_output(Layout(tmp_path))
     assert (tmp_path / "thesis.tex").read_text() == "precious"
-
-
-def test_resume_needs_an_earlier_checkpoint(tmp_path):
-    with pytest.raises(UserError, match="no checkpoint to resume from"):
-        prepare_output(Layout(tmp_path, 0.01), resume=True)
-
-
-@pytest.mark.parametrize("length, origins", [(100, [0]), (256, [0]), (427, [0, 171]), (1000, [0, 248, 496, 744])])
-def test_tiles_cover_a_photo_edge_to_edge(length, origins):
-    assert tile_origins(length, 256) == origins

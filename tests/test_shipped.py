@@ -1,0 +1,102 @@
+"""The shipped models (models/weights/): what the manifest promises, loading by name, and codec.py without
+a checkpoint (encode picks a rate point by --quality, decode finds the model by the file's fingerprint)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import photo
+from models import load_checkpoint, read_checkpoint
+from models.zoo import MANIFEST, default_quality, expand_shipped, shipped_by_fingerprint, shipped_models, shipped_path
+from utils.bitstream import read_file
+from utils.errors import UserError
+from utils.image_io import read_image
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def run(*args) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_manifest_lists_at_least_four_rate_points_in_order():
+    models = shipped_models()
+    assert len(models) >= 4
+    assert [m["quality"] for m in models] == list(range(1, len(models) + 1))
+    lambdas = [m["lambda"] for m in models]
+    assert lambdas == sorted(lambdas) and len(set(lambdas)) == len(lambdas)
+    assert default_quality() == models[len(models) // 2]["quality"]
+
+
+@pytest.mark.parametrize("entry", shipped_models(), ids=lambda e: e["name"])
+def test_each_shipped_file_is_small_float16_and_has_the_recorded_fingerprint(entry):
+    path = shipped_path(entry)
+    data = path.read_bytes()
+    assert len(data) == entry["bytes"] <= 10_000_000
+    assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+    stored = read_checkpoint(path)["state_dict"]
+    assert all(t.dtype == torch.float16 for t in stored.values() if t.is_floating_point())
+    model = load_checkpoint(entry["name"])  # by name, as every script accepts
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert model.fingerprint().hex() == entry["fingerprint"]
+    assert shipped_by_fingerprint(bytes.fromhex(entry["fingerprint"])) == path
+
+
+def test_unknown_names_are_paths_and_shipped_expands():
+    with pytest.raises(UserError, match="checkpoint not found: icwem-small-q99"):
+        read_checkpoint("icwem-small-q99")
+    assert expand_shipped(["a.pth", "shipped"]) == ["a.pth"] + [m["name"] for m in shipped_models()]
+    assert MANIFEST.is_file()
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("codec") / "coffee.png"
+    Image.fromarray(photo("coffee")[100:180, 200:300]).save(path)
+    return path
+
+
+def test_codec_round_trip_with_no_checkpoint_argument(image, tmp_path):
+    encoded, decoded = tmp_path / "coffee.icwem", tmp_path / "coffee.png"
+    result = run("codec.py", "encode", str(image), "-o", str(encoded))
+    assert result.returncode == 0, result.stderr
+    middle = next(m for m in shipped_models() if m["quality"] == default_quality())
+    assert read_file(encoded).fingerprint.hex() == middle["fingerprint"]
+    result = run("codec.py", "decode", str(encoded), "-o", str(decoded))
+    assert result.returncode == 0, result.stderr
+    rgb, _ = read_image(decoded)
+    assert rgb.shape == (80, 100, 3)
+
+
+def test_quality_picks_the_rate_point(image, tmp_path):
+    sizes = []
+    for quality in (1, len(shipped_models())):
+        out = tmp_path / f"q{quality}.icwem"
+        result = run("codec.py", "encode", str(image), "-o", str(out), "--quality", str(quality))
+        assert result.returncode == 0, result.stderr
+        assert read_file(out).fingerprint.hex() == shipped_models()[quality - 1]["fingerprint"]
+        sizes.append(out.stat().st_size)
+    assert sizes[0] < sizes[1]
+
+
+def test_codec_errors_are_one_line(image, tmp_path, tiny_checkpoint):
+    bad = run("codec.py", "encode", str(image), "-o", str(tmp_path / "x.icwem"), "--quality", "99")
+    assert bad.returncode == 1 and "no such shipped model" in bad.stderr and "Traceback" not in bad.stderr
+    both = run("codec.py", "encode", str(image), "-o", str(tmp_path / "x.icwem"), "--quality", "1",
+               "--checkpoint", str(tiny_checkpoint))
+    assert both.returncode == 1 and "not both" in both.stderr
+    foreign = tmp_path / "tiny.icwem"
+    assert run("codec.py", "encode", str(image), "-o", str(foreign), "--checkpoint", str(tiny_checkpoint)).returncode == 0
+    orphan = run("codec.py", "decode", str(foreign), "-o", str(tmp_path / "out.png"))
+    assert orphan.returncode == 1 and "not shipped" in orphan.stderr and "--checkpoint" in orphan.stderr
+    assert len(orphan.stderr.strip().splitlines()) == 1 and not (tmp_path / "out.png").exists()
