@@ -9,35 +9,28 @@ from typing import Callable, Optional, Sequence
 from .errors import UserError
 
 
-def tile_rows(text: str) -> int:
-    """``--tile`` value: a whole number of rows, 0 or more."""
-    try:
-        rows = int(text)
-    except ValueError:
-        rows = -1
-    if rows < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of rows (0 or more)")
-    return rows
+def whole_number(minimum: int, unit: str) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number of ``unit`` of at least ``minimum``, else a one-line error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of {unit} ({minimum} or more)")
+        return value
+
+    return parse
 
 
 def add_tile_argument(parser: argparse.ArgumentParser) -> None:
     """``--tile N``: rows per band of the model's streamed inference (``ICWEM.tile``), 0 = whole image."""
     parser.add_argument(
-        "--tile", type=tile_rows, default=None, metavar="N",
+        "--tile", type=whole_number(0, "rows"), default=None, metavar="N",
         help="run the transforms in full-width bands of N image rows, so memory grows with the width only "
              "(default: bands of about 0.75 megapixels); 0: the whole image at once. Bitstreams do not depend on it",
     )
-
-
-def pixel_count(text: str) -> int:
-    """``--max-pixels`` value: a whole number of pixels, 1 or more."""
-    try:
-        pixels = int(text)
-    except ValueError:
-        pixels = 0
-    if pixels < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of pixels (1 or more)")
-    return pixels
 
 
 def add_max_pixels_argument(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +38,7 @@ def add_max_pixels_argument(parser: argparse.ArgumentParser) -> None:
     from .bitstream import DEFAULT_MAX_PIXELS
 
     parser.add_argument(
-        "--max-pixels", type=pixel_count, default=DEFAULT_MAX_PIXELS, metavar="N",
+        "--max-pixels", type=whole_number(1, "pixels"), default=DEFAULT_MAX_PIXELS, metavar="N",
         help=f"refuse to decode images of more than N pixels (default {DEFAULT_MAX_PIXELS}, Pillow's limit); "
              "checked from the file's header before any work",
     )
