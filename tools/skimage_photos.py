@@ -17,8 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.cli import run_cli  # noqa: E402
-from utils.demo import DEFAULT_TEST_PHOTOS, PHOTOS, load_photo  # noqa: E402
-from utils.image_io import write_png  # noqa: E402
+from utils.demo import DEFAULT_TEST_PHOTOS, write_training_photos  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -27,13 +26,7 @@ def main(argv=None) -> int:
     p.add_argument("--held-out", nargs="*", default=list(DEFAULT_TEST_PHOTOS), help="photos never written to train/")
     args = p.parse_args(argv)
     out = Path(args.out)
-    for split in ("train", "test"):
-        (out / split).mkdir(parents=True, exist_ok=True)
-    names = [n for n in PHOTOS if n not in args.held_out]
-    for name in names:
-        img = load_photo(name)
-        for split in ("train", "test"):
-            write_png(out / split / f"{name}.png", img)
+    names = write_training_photos(out, args.held_out, max_side=None)
     print(f"{len(names)} photos in {out / 'train'} (held out: {', '.join(args.held_out)})")
     return 0
 
