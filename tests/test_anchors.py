@@ -9,11 +9,11 @@ from PIL import Image
 from skimage import data
 
 from tools.anchors import main as anchors_main
-from utils.anchors import CODECS, code_image, codec_unavailable, evaluate_codecs, match_bitrate, match_quality
+from utils.evaluation.anchors import CODECS, code_image, codec_unavailable, evaluate_codecs, match_bitrate, match_quality
 from utils.errors import UserError
 from utils.image_io import to_tensor, write_png
 from utils.metrics import bits_per_pixel, psnr
-from utils.results import read_results
+from utils.evaluation.results import read_results
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Coding one image to an .icwem bitstream and back (utils.codec, codec.py), and every hostile input.
+"""Coding one image to an .icwem bitstream and back (utils.coding.codec, codec.py), and every hostile input.
 
 A damaged file must end in a one-line error and a non-zero exit, never in a traceback, a hang or a
 picture that silently differs from the one encoded.
@@ -21,11 +21,11 @@ from torch import nn
 
 from models import ICWEM, get_config, load_checkpoint
 from tests.conftest import photo
-from utils.bitstream import HEADER_BYTES, pack, unpack
+from utils.coding.bitstream import HEADER_BYTES, pack, unpack
 from utils.cli import run_cli
-from utils.codec import decode_bitstream, encode_image, model_fingerprint, packed_size
+from utils.coding.codec import decode_bitstream, encode_image, model_fingerprint, packed_size
 from utils.errors import UserError
-from utils.bitstream import DEFAULT_MAX_PIXELS
+from utils.coding.bitstream import DEFAULT_MAX_PIXELS
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI_TIMEOUT_S = 120  # a hang fails the test instead of stalling the suite
@@ -203,7 +203,7 @@ def test_version_1_files_still_decode(model):
     """The original implementation's strings (fixture), packed as a version-1 file, decode to its picture."""
     from tests.conftest import TINY
     from tests.test_bitstream import version_1_bytes
-    from utils.bitstream import Bitstream
+    from utils.coding.bitstream import Bitstream
     from utils.image_io import to_uint8
 
     expected = torch.load(TINY / "expected.pt", weights_only=True)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from models.zoo import shipped_models
-from utils.demo import MARKER, Layout, prepare_output
+from tools.demo_steps import MARKER, Layout, prepare_output
 from utils.errors import UserError
 from utils.image_io import read_image
 

@@ -14,13 +14,14 @@ from PIL import Image, ImageOps
 
 from models import ICWEM, get_config, load_checkpoint
 from tests.conftest import photo
-from utils.bitstream import read_file
-from utils.codec import decode_bitstream, encode_image
+from utils.coding.bitstream import read_file
+from utils.coding.codec import decode_bitstream, encode_image
 from utils.errors import UserError
-from utils.evaluation import estimate, mean_fields, output_names, select_device
+from utils.device import select_device
+from utils.evaluation.measure import estimate, mean_fields, output_names
 from utils.image_io import read_image
 from utils.padding import pad_image
-from utils.results import read_results
+from utils.evaluation.results import read_results
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,7 @@ from PIL import Image
 from conftest import photo
 from models import load_checkpoint, read_checkpoint
 from models.zoo import MANIFEST, default_quality, expand_shipped, shipped_by_fingerprint, shipped_models, shipped_path
-from utils.bitstream import read_file
+from utils.coding.bitstream import read_file
 from utils.errors import UserError
 from utils.image_io import read_image
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from conftest import photo
 from datasets import ImageFolder, ShardedEpochSampler
-from utils.checkpoint import save_checkpoint
+from utils.training.checkpoint import save_checkpoint
 from utils.errors import UserError
 from utils.training import LATEST, TrainConfig, train
 
@@ -254,7 +254,7 @@ def test_checkpoint_survives_a_killed_writer(tmp_path):
     path = tmp_path / LATEST
     writer = textwrap.dedent(f"""
         import torch
-        from utils.checkpoint import save_checkpoint
+        from utils.training.checkpoint import save_checkpoint
         step = 0
         while True:
             step += 1
@@ -332,7 +332,7 @@ DDP_HELPER = """
 import sys, torch
 from train import parse_args
 from utils.training import TrainConfig, train
-from utils.distributed import distributed_context
+from utils.training.distributed import distributed_context
 
 result = train(TrainConfig(**vars(parse_args(sys.argv[2:]))))
 torch.save(result.model.state_dict(), f"{sys.argv[1]}/rank{distributed_context().rank}.pt")

@@ -37,12 +37,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 from models.zoo import shipped_models
 
-from .anchors import CODECS, codec_unavailable, describe, evaluate_codecs, match_quality
-from .errors import UserError
-from .image_io import read_image, to_tensor, write_png
-from .metrics import bits_per_pixel, ms_ssim, psnr
-from .plots import bd_table, format_bd_table, plot_rd
-from .results import read_results, write_results
+from utils.evaluation.anchors import CODECS, codec_unavailable, describe, evaluate_codecs, match_quality
+from utils.errors import UserError
+from utils.image_io import read_image, to_tensor, write_png
+from utils.metrics import bits_per_pixel, ms_ssim, psnr
+from utils.evaluation.plots import bd_table, format_bd_table, plot_rd
+from utils.evaluation.results import read_results, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 

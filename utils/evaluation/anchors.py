@@ -23,9 +23,9 @@ import numpy as np
 import PIL
 from PIL import Image, features
 
-from .errors import UserError
-from .image_io import read_image, to_tensor
-from .metrics import bits_per_pixel, ms_ssim, psnr
+from ..errors import UserError
+from ..image_io import read_image, to_tensor
+from ..metrics import bits_per_pixel, ms_ssim, psnr
 
 
 @dataclass(frozen=True)

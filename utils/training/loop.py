@@ -64,7 +64,7 @@ from .distributed import (
     unused_parameters,
     wrap_ddp,
 )
-from .errors import UserError
+from ..errors import UserError
 
 LATEST = "checkpoint_latest.pth.tar"
 BEST = "checkpoint_best.pth.tar"

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from .bitstream import DEFAULT_MAX_PIXELS, Bitstream, file_size, pixel_limit_problem
-from .errors import UserError
-from .image_io import to_tensor, to_uint8
-from .metrics import bits_per_pixel
-from .padding import Padding, crop, pad_image
+from ..errors import UserError
+from ..image_io import to_tensor, to_uint8
+from ..metrics import bits_per_pixel
+from ..padding import Padding, crop, pad_image
 
 _FINGERPRINTS: "weakref.WeakKeyDictionary[nn.Module, bytes]" = weakref.WeakKeyDictionary()
 
