@@ -10,11 +10,11 @@ import torch
 from .errors import UserError
 
 
-def select_device(cuda: bool, device: Optional[str] = None, *, doing: str = "running") -> torch.device:
+def select_device(cuda: bool, device: Optional[str] = None, *, doing: str = "running", warn: bool = True) -> torch.device:
     """``device`` if given, else CUDA with ``cuda`` (the CPU, with a warning, if there is none).
 
     ``doing`` completes the warning ("... CUDA is not available; <doing> on the CPU") so that each
-    script's message stays what its users know.
+    script's message stays what its users know; ``warn=False`` keeps the other ranks of a run quiet.
     """
     if device:
         try:
@@ -26,6 +26,6 @@ def select_device(cuda: bool, device: Optional[str] = None, *, doing: str = "run
         return chosen
     if cuda and torch.cuda.is_available():
         return torch.device("cuda")
-    if cuda:
+    if cuda and warn:
         print(f"warning: --cuda given but CUDA is not available; {doing} on the CPU", file=sys.stderr)
     return torch.device("cpu")
