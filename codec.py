@@ -107,7 +107,7 @@ def decode(args: argparse.Namespace) -> int:
     from models import load_checkpoint
     from utils.coding.codec import decode_bitstream, packed_size
     from utils.image_io import write_png
-    from utils.metrics import bits_per_pixel
+    from utils.metrics import bpp_from_bytes
 
     model = load_checkpoint(decoder_checkpoint(args, bs.fingerprint))
     if args.tile is not None:
@@ -123,7 +123,7 @@ def decode(args: argparse.Namespace) -> int:
     num_bytes = packed_size(bs)
     print(
         f"{args.output}: {bs.width}x{bs.height} from {num_bytes} bytes, "
-        f"{bits_per_pixel(num_bytes, bs.height, bs.width):.4f} bpp, decoded in {stats['decode_s']:.2f} s"
+        f"{bpp_from_bytes(num_bytes, bs.height, bs.width):.4f} bpp, decoded in {stats['decode_s']:.2f} s"
     )
     return 0
 

@@ -40,7 +40,7 @@ from models.zoo import shipped_models
 from utils.evaluation.anchors import CODECS, codec_unavailable, describe, evaluate_codecs, match_quality
 from utils.errors import UserError
 from utils.image_io import read_image, to_tensor, write_png
-from utils.metrics import bits_per_pixel, ms_ssim, psnr
+from utils.metrics import bpp_from_bytes, ms_ssim, psnr
 from utils.evaluation.plots import bd_table, format_bd_table, plot_rd
 from utils.evaluation.results import read_results, write_results
 
@@ -262,7 +262,7 @@ def code_to_file(codec: str, rgb: np.ndarray, quality: int, path: Path) -> dict:
     Image.fromarray(rgb).save(path, format=spec.pillow_format, **spec.save_options(quality))
     decoded, _notices = read_image(path)
     original, coded = to_tensor(rgb), to_tensor(decoded)
-    return {"bpp": bits_per_pixel(path.stat().st_size, *rgb.shape[:2]), "psnr": psnr(original, coded),
+    return {"bpp": bpp_from_bytes(path.stat().st_size, *rgb.shape[:2]), "psnr": psnr(original, coded),
             "ms_ssim": ms_ssim(original, coded), "quality": quality, "file": str(path)}
 
 

@@ -38,7 +38,7 @@ from ..coding.bitstream import DEFAULT_MAX_PIXELS, OVERHEAD_BYTES, pack, read_fi
 from ..coding.codec import decode_bitstream, encode_image
 from ..errors import UserError
 from ..image_io import find_images, read_image, to_tensor, to_uint8, write_png
-from ..metrics import bits_per_pixel, ms_ssim, ms_ssim_db, psnr
+from ..metrics import bpp_from_bytes, ms_ssim, ms_ssim_db, psnr
 from ..padding import crop, pad_image
 
 PathLike = Union[str, Path]
@@ -106,7 +106,7 @@ def measure_image(
         else:
             num_bytes, received = write_file(icwem_path, bs), read_file(icwem_path)
         reconstruction, decoded = decode_bitstream(model, received, max_pixels)
-        bpp = bits_per_pixel(num_bytes, height, width)
+        bpp = bpp_from_bytes(num_bytes, height, width)
         fields = {
             "bytes": num_bytes,
             "bpp": bpp,
