@@ -1,4 +1,4 @@
-"""Shared fixtures: seeded RNGs, real photographs from scikit-image, the tiny model."""
+"""Shared fixtures: seeded RNGs, real photographs from scikit-image, the tiny model, a training folder."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = FIXTURES / "icwem-tiny"
@@ -122,3 +123,21 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     model = spread_scales_model(0)
     torch.save({"state_dict": model.state_dict(), "model_config": model.config}, path)
     return path
+
+
+def write_photo(path: Path, name: str, top: int, left: int, h: int, w: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(photo(name)[top:top + h, left:left + w]).save(path)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """DATA/train: four crops of real photos (one in a subfolder, one .PNG, one smaller than the patch);
+    DATA/test: one crop."""
+    root = tmp_path_factory.mktemp("data")
+    write_photo(root / "train" / "astronaut.png", "astronaut", 20, 150, 80, 96)
+    write_photo(root / "train" / "more" / "coffee.PNG", "coffee", 100, 200, 72, 88)
+    write_photo(root / "train" / "chelsea.png", "chelsea", 50, 120, 96, 80)
+    write_photo(root / "train" / "small.png", "rocket", 200, 300, 48, 40)
+    write_photo(root / "test" / "astronaut.png", "astronaut", 160, 180, 80, 80)
+    return root
