@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import random
@@ -141,3 +142,11 @@ def data(tmp_path_factory) -> Path:
     write_photo(root / "train" / "small.png", "rocket", 200, 300, 48, 40)
     write_photo(root / "test" / "astronaut.png", "astronaut", 160, 180, 80, 80)
     return root
+
+
+def load_script(name: str):
+    """Import a top-level script as a module, to call its ``main`` in-process (``test`` would be the stdlib's)."""
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", Path(__file__).resolve().parents[1] / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

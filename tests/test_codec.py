@@ -5,7 +5,6 @@ picture that silently differs from the one encoded.
 """
 
 import dataclasses
-import importlib.util
 import random
 import struct
 import subprocess
@@ -20,7 +19,7 @@ from PIL import Image
 from torch import nn
 
 from models import ICWEM, get_config, load_checkpoint
-from tests.conftest import photo
+from tests.conftest import load_script, photo
 from utils.coding.bitstream import HEADER_BYTES, pack, unpack
 from utils.cli import run_cli
 from utils.coding.codec import decode_bitstream, encode_image, model_fingerprint, packed_size
@@ -31,15 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CLI_TIMEOUT_S = 120  # a hang fails the test instead of stalling the suite
 
 
-def _script(name: str):
-    """Import a top-level script (``codec.py``) as a module, to call its ``main`` in-process."""
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-CODEC = _script("codec")
+CODEC = load_script("codec")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

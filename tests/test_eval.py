@@ -2,7 +2,6 @@
 
 import contextlib
 import csv
-import importlib.util
 import io
 import json
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 from PIL import Image, ImageOps
 
 from models import ICWEM, get_config, load_checkpoint
-from tests.conftest import photo
+from tests.conftest import load_script, photo
 from utils.coding.bitstream import read_file
 from utils.coding.codec import decode_bitstream, encode_image
 from utils.errors import UserError
@@ -23,18 +22,9 @@ from utils.image_io import read_image
 from utils.padding import pad_image
 from utils.evaluation.results import read_results
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
-def _script(name: str):
-    """Import a top-level script as a module, to call its ``main`` in-process (``test`` would be the stdlib's)."""
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-EVAL, TEST, CODEC = _script("eval"), _script("test"), _script("codec")
+EVAL, TEST, CODEC = load_script("eval"), load_script("test"), load_script("codec")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
