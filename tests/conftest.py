@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import math
 import random
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import Sequence
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -150,3 +156,22 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_in_process(args: Sequence[object]) -> subprocess.CompletedProcess:
+    """Run a top-level script's command line (``["codec.py", "encode", ...]``) in this process, through
+    ``run_cli`` as its ``__main__`` does: exit code, stdout and stderr as a subprocess would return them.
+
+    Why: a new Python spends about 10 s of CPU importing PyTorch and CompressAI on a 2-core test machine.
+    Only the tests of signals, killed processes and DDP need a process of their own.
+    """
+    from utils.cli import run_cli
+
+    script, *argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err), mock.patch.object(sys, "argv", [script, *argv]):
+        try:
+            run_cli(load_script(Path(script).stem).main, argv)
+        except SystemExit as exit_:
+            code = exit_.code
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())

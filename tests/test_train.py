@@ -1,7 +1,8 @@
 """Training: the original's command line, checkpoints, exact resume, DDP, data, and fault handling.
 
 All on the CPU with the ``tiny`` preset and 64x64 crops of real photographs. Runs whose exit code or stderr
-matter go through ``train.py`` in a subprocess; the others call ``utils.training.train`` in-process.
+matter go through ``train.py``'s command line (in a subprocess where a signal or a second process is
+the point); the others call ``utils.training.train``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_photo
+from conftest import run_in_process, write_photo
 from utils.training import LATEST, TrainConfig, train
 from utils.training.checkpoint import save_checkpoint
 
@@ -39,12 +40,6 @@ def config(data: Path, out: Path, **overrides) -> TrainConfig:
                     num_workers=0, lmbda=0.05, save_path=str(out), epochs=2, log_every=1, lr_epoch=[1])
     settings.update(overrides)
     return TrainConfig(**settings)
-
-
-def run_script(args, timeout=240, **kwargs) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore::FutureWarning")
-    return subprocess.run([sys.executable, "-u", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
 
 
 def assert_same_tensors(a: dict, b: dict) -> None:
@@ -76,7 +71,7 @@ def test_readme_command_trains_and_writes_loadable_checkpoints(data, tmp_path):
     # The README's command verbatim, shrunk by the added flags (and --N 32, the tiny preset's own width:
     # --N 128 would make a 32M-parameter "tiny" model).
     out = tmp_path / "train_result"
-    result = run_script(["./train.py", "-d", str(data), "--cuda", "--N", "32", "--lambda", "0.05", "--epochs", "1",
+    result = run_in_process(["./train.py", "-d", str(data), "--cuda", "--N", "32", "--lambda", "0.05", "--epochs", "1",
                          "--lr_epoch", "45", "48", "--save_path", str(out), "--save",
                          "--model-config", "tiny", "--patch-size", "64", "64", "--batch-size", "2", "--max-steps", "2"])
     assert result.returncode == 0, result.stderr
@@ -108,7 +103,7 @@ def test_bad_dataset_is_a_one_line_error(tmp_path, case):
         (root / "train").mkdir(parents=True)
         (root / "train" / "notes.txt").write_text("not an image")
         write_photo(root / "test" / "a.png", "astronaut", 0, 0, 64, 64)
-    result = run_script(["train.py", "-d", str(root), "--model-config", "tiny", "--patch-size", "64", "64",
+    result = run_in_process(["train.py", "-d", str(root), "--model-config", "tiny", "--patch-size", "64", "64",
                          "--save_path", str(tmp_path / "out")])
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
