@@ -291,14 +291,16 @@ def end_epoch(run: Run, state: TrainState, train_means: Dict[str, float], starte
           f"{time.time() - started:.0f} s | skipped {state.skipped_steps}{' | best' if is_best else ''}", flush=True)
 
 
-def finish(run: Run, state: TrainState, exit_code: int, stop: Optional[Stop] = None) -> TrainResult:
-    """Close the logs and the process group; report a stop (signal, --max-steps or --max-minutes) first."""
-    if stop is not None:
-        exit_code = 128 + stop.signum if stop.signum else 0
-        if run.ctx.master:
-            reason = signal.Signals(stop.signum).name if stop.signum else stop.reason or f"--max-steps {run.cfg.max_steps}"
-            resume_hint = f"; resume with --checkpoint {run.save_dir / LATEST}" if run.cfg.save else ""
-            print(f"stopped at epoch {state.epoch} step {state.step} ({reason}){resume_hint}", flush=True)
+def finish(run: Run, state: TrainState, stop: Optional[Stop] = None) -> TrainResult:
+    """Close the logs and the process group; report a stop (signal, --max-steps or --max-minutes) first.
+
+    The exit code is 0, or 128 + the signal's number after a signal.
+    """
+    exit_code = 128 + stop.signum if stop is not None and stop.signum else 0
+    if stop is not None and run.ctx.master:
+        reason = signal.Signals(stop.signum).name if stop.signum else stop.reason or f"--max-steps {run.cfg.max_steps}"
+        resume_hint = f"; resume with --checkpoint {run.save_dir / LATEST}" if run.cfg.save else ""
+        print(f"stopped at epoch {state.epoch} step {state.step} ({reason}){resume_hint}", flush=True)
     if run.writer is not None:
         run.writer.close()
     destroy_process_group(run.ctx)
@@ -363,20 +365,20 @@ def train(cfg: TrainConfig) -> TrainResult:
         for epoch in range(start_epoch, cfg.epochs):
             state.epoch = epoch
             if cfg.max_steps is not None and state.step >= cfg.max_steps:
-                return finish(run, state, 0)
+                return finish(run, state)
             if budget.ran_out:  # the time ran out in the last step of the previous epoch
-                return finish(run, state, 0, Stop(0, budget.reason))
+                return finish(run, state, Stop(0, budget.reason))
             started = time.time()
             train_means, stop = train_one_epoch(run, state, signals, budget)
             if stop is not None:
                 save(run, state, epoch_done=False)
-                return finish(run, state, 0, stop)
+                return finish(run, state, stop)
             end_epoch(run, state, train_means, started)
             state.samples_done = 0
             stop_signum = all_reduce_max([float(signals.signum or 0)], ctx, device)[0]
             if stop_signum:
-                return finish(run, state, 0, Stop(int(stop_signum)))
+                return finish(run, state, Stop(int(stop_signum)))
     if ctx.master and not run.history:
         print(f"nothing to do: the run is already at epoch {state.epoch} of --epochs {cfg.epochs}")
-    return finish(run, state, 0)
+    return finish(run, state)
 
