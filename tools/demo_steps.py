@@ -38,13 +38,12 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from models.zoo import shipped_models
-
-from utils.evaluation.anchors import CODECS, codec_unavailable, describe, evaluate_codecs, match_quality
 from utils.errors import UserError
-from utils.image_io import read_image, to_tensor, write_png
-from utils.metrics import bpp_from_bytes, ms_ssim, psnr
+from utils.evaluation.anchors import CODECS, codec_unavailable, describe, evaluate_codecs, match_quality
 from utils.evaluation.plots import bd_table, format_bd_table, plot_rd
 from utils.evaluation.results import read_results, write_results
+from utils.image_io import read_image, to_tensor, write_png
+from utils.metrics import bpp_from_bytes, ms_ssim, psnr
 
 REPO = Path(__file__).resolve().parents[1]
 
