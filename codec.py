@@ -20,18 +20,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from typing import Optional, Sequence
 
-from utils.bitstream import pixel_limit_problem, read_file, write_file
 from utils.cli import add_max_pixels_argument, add_tile_argument, run_cli
+from utils.coding.bitstream import DEFAULT_MAX_PIXELS, pixel_limit_problem, read_file, write_file
 from utils.errors import UserError
 
 # PyTorch, CompressAI and the model take seconds to import, so each command imports them only after it
-# has read its input: a missing, damaged or foreign .icwem file is reported at once. CompressAI calls
-# torch.jit.script on import, which this PyTorch answers with a FutureWarning on stderr; user-facing
-# output should be our own lines only.
-warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+# has read its input: a missing, damaged or foreign .icwem file is reported at once.
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -51,7 +47,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     dec.add_argument("--checkpoint", help="the ICWEM checkpoint the file was encoded with "
                                            "(default: the shipped model whose fingerprint the file records)")
     add_tile_argument(dec)
-    add_max_pixels_argument(dec)
+    add_max_pixels_argument(dec, DEFAULT_MAX_PIXELS)
     dec.set_defaults(run=decode)
     return p.parse_args(argv)
 
@@ -88,7 +84,7 @@ def encode(args: argparse.Namespace) -> int:
         print(f"{args.input}: {notice}", file=sys.stderr)
 
     from models import load_checkpoint
-    from utils.codec import encode_image
+    from utils.coding.codec import encode_image
 
     model = load_checkpoint(encoder_checkpoint(args))
     if args.tile is not None:
@@ -109,9 +105,9 @@ def decode(args: argparse.Namespace) -> int:
         raise UserError(f"{args.input}: {problem}")
 
     from models import load_checkpoint
-    from utils.codec import decode_bitstream, packed_size
+    from utils.coding.codec import decode_bitstream, packed_size
     from utils.image_io import write_png
-    from utils.metrics import bits_per_pixel
+    from utils.metrics import bpp_from_bytes
 
     model = load_checkpoint(decoder_checkpoint(args, bs.fingerprint))
     if args.tile is not None:
@@ -127,7 +123,7 @@ def decode(args: argparse.Namespace) -> int:
     num_bytes = packed_size(bs)
     print(
         f"{args.output}: {bs.width}x{bs.height} from {num_bytes} bytes, "
-        f"{bits_per_pixel(num_bytes, bs.height, bs.width):.4f} bpp, decoded in {stats['decode_s']:.2f} s"
+        f"{bpp_from_bytes(num_bytes, bs.height, bs.width):.4f} bpp, decoded in {stats['decode_s']:.2f} s"
     )
     return 0
 

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
-warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)  # from CompressAI
-
-from utils.cli import run_cli  # noqa: E402
-from utils.demo import DEFAULT_TEST_PHOTOS, PHOTOS, DemoConfig, run_demo  # noqa: E402
+from tools.demo_steps import DEFAULT_TEST_PHOTOS, PHOTOS, DemoConfig, run_demo
+from utils.cli import run_cli
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -15,25 +15,15 @@ done, 1 user error (missing data, no images, unreadable checkpoint, ...).
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
-# CompressAI calls torch.jit.script on import, which this PyTorch answers with a FutureWarning on stderr;
-# user-facing output should be our own lines only.
-warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-
-from utils.cli import add_max_pixels_argument, add_tile_argument, run_cli  # noqa: E402
-from utils.evaluation import (  # noqa: E402
-    RATE_ESTIMATE,
-    RATE_REAL,
-    evaluate_checkpoints,
-    format_table,
-    rd_results,
-    select_device,
-)
-from models.zoo import expand_shipped  # noqa: E402
-from utils.results import write_results  # noqa: E402
+from models.zoo import expand_shipped
+from utils.cli import add_max_pixels_argument, add_tile_argument, run_cli
+from utils.coding.bitstream import DEFAULT_MAX_PIXELS
+from utils.device import select_device
+from utils.evaluation.measure import RATE_ESTIMATE, RATE_REAL, evaluate_checkpoints, format_table, rd_results
+from utils.evaluation.results import write_results
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -45,7 +35,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, help="write the RD points to this JSON file (CompressAI eval_model layout)")
     p.add_argument("--name", default="ICWEM", help="curve name in the JSON file")
     add_tile_argument(p)
-    add_max_pixels_argument(p)
+    add_max_pixels_argument(p, DEFAULT_MAX_PIXELS)
     return p.parse_args(argv)
 
 

@@ -17,15 +17,12 @@ each image whole (same bitstreams either way). Exit codes: 0 done, 1 user error.
 from __future__ import annotations
 
 import argparse
-import warnings
 from typing import Optional, Sequence
 
-# CompressAI calls torch.jit.script on import, which this PyTorch answers with a FutureWarning on stderr;
-# user-facing output should be our own lines only.
-warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-
-from utils.cli import add_max_pixels_argument, add_tile_argument, run_cli  # noqa: E402
-from utils.evaluation import RATE_ESTIMATE, RATE_REAL, code_images, select_device  # noqa: E402
+from utils.cli import add_max_pixels_argument, add_tile_argument, run_cli
+from utils.coding.bitstream import DEFAULT_MAX_PIXELS
+from utils.device import select_device
+from utils.evaluation.measure import RATE_ESTIMATE, RATE_REAL, code_images
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -36,7 +33,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--real", action="store_true", help="entropy-code real bitstreams (needed for .icwem/.png files)")
     p.add_argument("--save-dir", help="folder for the .icwem/.png files and results.csv/results.json")
     add_tile_argument(p)
-    add_max_pixels_argument(p)
+    add_max_pixels_argument(p, DEFAULT_MAX_PIXELS)
     return p.parse_args(argv)
 
 

@@ -16,54 +16,55 @@ import argparse
 from typing import Optional, Sequence
 
 from utils.cli import run_cli
-from utils.training import TrainConfig, default_num_workers, train
+from utils.training import TrainConfig, train
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    d = TrainConfig.defaults()  # the one place the defaults are written
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # The original's flags, same names and meanings.
     p.add_argument("-d", "--dataset", required=True, help="folder with train/ and test/ image folders")
-    p.add_argument("-e", "--epochs", type=int, default=50, help="number of epochs")
-    p.add_argument("-lr", "--learning-rate", type=float, default=1e-4, help="main Adam learning rate")
-    p.add_argument("-n", "--num-workers", type=int, default=default_num_workers(), help="data loader processes per training process")
-    p.add_argument("--lambda", dest="lmbda", type=float, default=3.0, help="rate-distortion trade-off λ")
-    p.add_argument("--batch-size", type=int, default=8, help="training batch size (per process)")
-    p.add_argument("--test-batch-size", type=int, default=8, help="test batch size (per process)")
-    p.add_argument("--aux-learning-rate", type=float, default=1e-3, help="aux Adam learning rate (entropy-bottleneck quantiles)")
-    p.add_argument("--patch-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
+    p.add_argument("-e", "--epochs", type=int, default=d["epochs"], help="number of epochs")
+    p.add_argument("-lr", "--learning-rate", type=float, default=d["learning_rate"], help="main Adam learning rate")
+    p.add_argument("-n", "--num-workers", type=int, default=d["num_workers"], help="data loader processes per training process")
+    p.add_argument("--lambda", dest="lmbda", type=float, default=d["lmbda"], help="rate-distortion trade-off λ")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"], help="training batch size (per process)")
+    p.add_argument("--test-batch-size", type=int, default=d["test_batch_size"], help="test batch size (per process)")
+    p.add_argument("--aux-learning-rate", type=float, default=d["aux_learning_rate"], help="aux Adam learning rate (entropy-bottleneck quantiles)")
+    p.add_argument("--patch-size", type=int, nargs=2, default=d["patch_size"], metavar=("H", "W"),
                    help="training crops (random) and test crops (centre), multiples of 64")
     p.add_argument("--cuda", action="store_true", help="train on CUDA (falls back to the CPU with a warning if there is none)")
-    p.add_argument("--save", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--save", action=argparse.BooleanOptionalAction, default=d["save"],
                    help="write checkpoints (on by default, as in the original; --no-save turns them off)")
-    p.add_argument("--seed", type=int, default=100, help="seed for initialisation, data order, crops and noise")
-    p.add_argument("--clip_max_norm", type=float, default=1.0, help="gradient-norm clipping (0 disables)")
+    p.add_argument("--seed", type=int, default=d["seed"], help="seed for initialisation, data order, crops and noise")
+    p.add_argument("--clip_max_norm", type=float, default=d["clip_max_norm"], help="gradient-norm clipping (0 disables)")
     p.add_argument("--checkpoint", help="checkpoint to resume from, or a weights-only file to fine-tune from")
-    p.add_argument("--type", choices=["mse", "ms-ssim"], default="mse", help="distortion measure of the loss")
-    p.add_argument("--save_path", default="train_result", help="checkpoints go to SAVE_PATH/<lambda>/")
-    p.add_argument("--N", type=int, default=None, help="override the model config's N (the icwem preset has 128)")
-    p.add_argument("--lr_epoch", type=int, nargs="+", default=[450, 550],
+    p.add_argument("--type", choices=["mse", "ms-ssim"], default=d["type"], help="distortion measure of the loss")
+    p.add_argument("--save_path", default=d["save_path"], help="checkpoints go to SAVE_PATH/<lambda>/")
+    p.add_argument("--N", type=int, default=d["N"], help="override the model config's N (the icwem preset has 128)")
+    p.add_argument("--lr_epoch", type=int, nargs="+", default=list(d["lr_epoch"]),
                    help="epochs at which the learning rate is multiplied by 0.1 (MultiStepLR milestones)")
-    p.add_argument("--continue_train", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--continue_train", action=argparse.BooleanOptionalAction, default=d["continue_train"],
                    help="with --checkpoint: continue its optimizers, schedule, epoch and data position "
                         "(--no-continue_train: take its weights only and start afresh)")
-    p.add_argument("--skip_epoch", type=int, default=0,
+    p.add_argument("--skip_epoch", type=int, default=d["skip_epoch"],
                    help="start at this epoch (the learning-rate schedule is advanced as if the skipped epochs had run)")
     # Additions.
-    p.add_argument("--model-config", default="icwem", help="preset (icwem, icwem-n64, small, tiny) or JSON file")
-    p.add_argument("--device", default=None, help="device, e.g. cpu, cuda, cuda:1 (overrides --cuda)")
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
+    p.add_argument("--model-config", default=d["model_config"], help="preset (icwem, icwem-n64, small, tiny) or JSON file")
+    p.add_argument("--device", default=d["device"], help="device, e.g. cpu, cuda, cuda:1 (overrides --cuda)")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default=d["amp"],
                    help="mixed precision for the forward pass, CUDA only (fp16 uses a gradient scaler)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop (saving a resumable checkpoint) after this many steps in total")
-    p.add_argument("--max-minutes", type=float, default=None,
+    p.add_argument("--max-steps", type=int, default=d["max_steps"], help="stop (saving a resumable checkpoint) after this many steps in total")
+    p.add_argument("--max-minutes", type=float, default=d["max_minutes"],
                    help="stop (saving a resumable checkpoint) after the step during which this many minutes of "
                         "training have passed in this invocation")
-    p.add_argument("--log-every", type=int, default=100, help="log the training losses to TensorBoard every this many steps")
-    p.add_argument("--save-every-steps", type=int, default=0,
+    p.add_argument("--log-every", type=int, default=d["log_every"], help="log the training losses to TensorBoard every this many steps")
+    p.add_argument("--save-every-steps", type=int, default=d["save_every_steps"],
                    help="also save checkpoint_latest.pth.tar every this many steps within an epoch (0: only at epoch ends)")
     p.add_argument("--augment", action="store_true",
                    help="multi-scale random crops (each image shrunk by a random factor in [0.3, 1] first) and left-right flips")
-    p.add_argument("--repeat", type=int, default=1, help="visit every training image this many times per epoch (different crops)")
-    p.add_argument("--lr-schedule", choices=["multistep", "cosine"], default="multistep",
+    p.add_argument("--repeat", type=int, default=d["repeat"], help="visit every training image this many times per epoch (different crops)")
+    p.add_argument("--lr-schedule", choices=["multistep", "cosine"], default=d["lr_schedule"],
                    help="multistep: x0.1 at --lr_epoch (the original); cosine: decay to 1%% of -lr over --epochs")
     p.add_argument("--decoder-clamp", action="store_true",
                    help="train on the decoder's picture: clamp g_s's output and x̂ to [0, 1] as decompress does "

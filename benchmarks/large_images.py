@@ -206,8 +206,8 @@ def _worker(args: argparse.Namespace) -> None:
     import torch
 
     from models import ICWEM, get_config
-    from utils.bitstream import pack, unpack
-    from utils.codec import decode_bitstream, encode_image
+    from utils.coding.bitstream import pack, unpack
+    from utils.coding.codec import decode_bitstream, encode_image
 
     op, width, height, tile, path = args.worker
     width, height, tile = int(width), int(height), None if tile == "auto" else int(tile)

@@ -113,8 +113,8 @@ def _worker(job_path: str) -> int:
 def _encode_job(job: dict) -> dict:
     """Write one file per (model, photo) and the encoder's own decoded picture beside it."""
     from models import load_checkpoint
-    from utils.bitstream import pack
-    from utils.codec import decode_bitstream, encode_image
+    from utils.coding.bitstream import pack
+    from utils.coding.codec import decode_bitstream, encode_image
 
     files = []
     for m, checkpoint in enumerate(job["models"]):
@@ -138,8 +138,8 @@ def _decode_job(job: dict) -> dict:
 
 def _decode_files(job: dict) -> List[dict]:
     from models import load_checkpoint
-    from utils.bitstream import unpack
-    from utils.codec import decode_bitstream
+    from utils.coding.bitstream import unpack
+    from utils.coding.codec import decode_bitstream
     from utils.errors import UserError
 
     models = {}

@@ -29,8 +29,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import ICWEM, get_config  # noqa: E402
-from losses import RateDistortionLoss, configure_optimizers  # noqa: E402
+from losses import RateDistortionLoss  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
+from utils.training import TrainConfig, train_step  # noqa: E402
+from utils.training.setup import new_state  # noqa: E402
 
 import ablations  # noqa: E402  (benchmarks/ablations.py)
 
@@ -149,24 +151,15 @@ def make_ops(model: ICWEM, size: Sequence[int], device: torch.device, amp: Optio
 
 
 def make_train_step(model: ICWEM, device: torch.device, amp: Optional[torch.dtype], batch: int = 2, patch: int = 256) -> Callable:
-    """One optimisation step as train.py does it (main Adam + clip, then the aux Adam)."""
+    """One optimisation step, the one train.py runs (``utils.training.train_step``: main Adam + clip, then aux Adam)."""
     criterion = RateDistortionLoss(lmbda=0.013)
-    optimizer, aux_optimizer = configure_optimizers(model, 1e-4, 1e-3)
+    state = new_state(TrainConfig(dataset="", learning_rate=1e-4, aux_learning_rate=1e-3), model, model.config)
     x = torch.rand(batch, 3, patch, patch, device=device)
-    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp else contextlib.nullcontext
+    autocast = torch.autocast(device.type, dtype=amp) if amp else None
 
     def step():
         model.train()
-        optimizer.zero_grad(set_to_none=True)
-        aux_optimizer.zero_grad(set_to_none=True)
-        with autocast():
-            out = model(x)
-        loss = criterion(out, x)["loss"]
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        model.aux_loss().backward()
-        aux_optimizer.step()
+        train_step(model, x, criterion, state, clip_max_norm=1.0, autocast=autocast)
         model.eval()
 
     return step

@@ -15,8 +15,9 @@ from pytorch_msssim import ms_ssim
 MS_SSIM_MIN_SIZE = 161
 
 
-def bits_per_pixel(likelihoods: Dict[str, torch.Tensor], num_pixels: int) -> torch.Tensor:
-    """Estimated rate: Σ over the latents of Σ log2(1 / likelihood), divided by the pixels (B·H·W)."""
+def bpp_from_likelihoods(likelihoods: Dict[str, torch.Tensor], num_pixels: int) -> torch.Tensor:
+    """The likelihood estimate of the rate, before any coding: Σ over the latents of Σ log2(1 / likelihood),
+    divided by the pixels (B·H·W). ``utils.metrics.bpp_from_bytes`` is the real one, from a file's bytes."""
     total_bits = sum(torch.log(p.float()).sum() for p in likelihoods.values()) / -math.log(2)
     return total_bits / num_pixels
 
@@ -46,7 +47,7 @@ class RateDistortionLoss(nn.Module):
         batch, _, height, width = target.shape
         x_hat = output["x_hat"].float()
         target = target.float()
-        terms = {"bpp_loss": bits_per_pixel(output["likelihoods"], batch * height * width)}
+        terms = {"bpp_loss": bpp_from_likelihoods(output["likelihoods"], batch * height * width)}
         if self.metric == "mse":
             terms["mse_loss"] = F.mse_loss(x_hat, target)
             terms["loss"] = self.lmbda * 255**2 * terms["mse_loss"] + terms["bpp_loss"]

@@ -1,9 +1,6 @@
 """ICWEM model, its configurations and checkpoint loading."""
 
-import warnings
-
-# compressai 1.2.8 calls torch.jit.script at import time, which current torch flags as deprecated.
-warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+import utils  # noqa: F401  (first: it silences CompressAI's import-time torch.jit warning)
 
 from .checkpoint import load_checkpoint, model_from_state_dict, read_checkpoint, split_checkpoint
 from .config import PRESETS, config_from_state_dict, get_config

@@ -5,38 +5,75 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Dict, Mapping
+from dataclasses import dataclass, fields
+from typing import Dict, Mapping, Tuple
 
 from torch import Tensor
 
 from utils.errors import UserError
 
-_PUBLISHED = dict(
-    N=128, M=320, Z=192, num_slices=5, max_support_slices=5,
-    depths=[2, 2, 2, 2, 2, 2], head_dims=[8, 16, 32, 32, 16, 8],
-    window_size=8, hyper_window_size=4, hyper_head_dim=32,
-    attn_dim=128, attn_head_dim=16, attn_window_size=8,
-    param_hidden=[224, 128], enh_channels=64, dense_growth=32,
-)
+@dataclass(frozen=True)
+class ModelConfig:
+    """ICWEM's architecture; the defaults are the published models' (N 128, M 320, ~77 M parameters).
 
-PRESETS: Dict[str, dict] = {
+    The one place the defaults are written: ``ICWEM()`` builds this, the presets below are variations of
+    it, and ``model.config`` / a checkpoint's ``model_config`` are its ``as_dict()``. Sequences are kept
+    as tuples (frozen, hashable) and written out as lists, as JSON and the published files have them.
+    See ``ICWEM``'s docstring for what each field means.
+    """
+
+    N: int = 128
+    M: int = 320
+    Z: int = 192
+    num_slices: int = 5
+    max_support_slices: int = 5
+    depths: Tuple[int, ...] = (2, 2, 2, 2, 2, 2)
+    head_dims: Tuple[int, ...] = (8, 16, 32, 32, 16, 8)
+    window_size: int = 8
+    hyper_window_size: int = 4
+    hyper_head_dim: int = 32
+    attn_dim: int = 128
+    attn_head_dim: int = 16
+    attn_window_size: int = 8
+    param_hidden: Tuple[int, ...] = (224, 128)
+    enh_channels: int = 64
+    dense_growth: int = 32
+    drop_path_rate: float = 0.0  # training only: stochastic depth, not part of a preset
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+        if self.M % self.num_slices:
+            raise ValueError(f"M={self.M} is not divisible by num_slices={self.num_slices}")
+
+    def as_dict(self, training: bool = True) -> dict:
+        """Field by field in declaration order, sequences as lists; ``training=False`` leaves out
+        ``drop_path_rate`` (the presets and published-shape inference describe the architecture only)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if training or f.name != "drop_path_rate"}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+_PRESET_CONFIGS: Dict[str, ModelConfig] = {
     # The published ICWEM models (~77 M parameters).
-    "icwem": dict(_PUBLISHED),
+    "icwem": ModelConfig(),
     # The same architecture at half width (N = 64).
-    "icwem-n64": dict(_PUBLISHED, N=64),
+    "icwem-n64": ModelConfig(N=64),
     # The equivalence fixture's configuration: small enough for CPU tests and the demo.
-    "tiny": dict(_PUBLISHED, N=32, M=40, Z=32, attn_dim=32, param_hidden=[32, 16], enh_channels=16),
+    "tiny": ModelConfig(N=32, M=40, Z=32, attn_dim=32, param_hidden=(32, 16), enh_channels=16),
     # The shipped models: the published architecture at a quarter width with M, Z and the entropy networks
     # scaled alike, and feature-attention blocks narrowed for a CPU (their dense blocks at full resolution
     # cost 72 % of tiny's FLOPs at width 16 / growth 32; at 8 / 8 they cost a tenth of that).
-    "small": dict(_PUBLISHED, N=32, M=80, Z=48, attn_dim=32, param_hidden=[56, 32], enh_channels=8, dense_growth=8),
+    "small": ModelConfig(N=32, M=80, Z=48, attn_dim=32, param_hidden=(56, 32), enh_channels=8, dense_growth=8),
 }
+PRESETS: Dict[str, dict] = {name: cfg.as_dict(training=False) for name, cfg in _PRESET_CONFIGS.items()}
 
-CONFIG_KEYS = frozenset(_PUBLISHED) | {"drop_path_rate"}
+CONFIG_KEYS = frozenset(f.name for f in fields(ModelConfig))
 
 
 def get_config(name_or_path: str) -> dict:
-    """A preset by name (``icwem``, ``icwem-n64``, ``tiny``) or the contents of a JSON file."""
+    """A preset by name (``icwem``, ``icwem-n64``, ``small``, ``tiny``) or the contents of a JSON file, as a dict."""
     if name_or_path in PRESETS:
         return json.loads(json.dumps(PRESETS[name_or_path]))  # a deep copy
     path = Path(name_or_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -16,6 +17,7 @@ from compressai.ops import quantize_ste
 from torch import Tensor
 
 from .blocks import SWAtten, tcb_stage
+from .config import ModelConfig
 from .enhance import EnhModule
 from .inn import InvertibleNetwork
 from .portable import PORTABLE_DTYPE, coder_check, legacy_coders, parameter_nets, scale_indexes, update_tables, z_symbols
@@ -58,7 +60,7 @@ class ICWEM(CompressionModel):
                                          ŷ_i = round(y_i − μ_i) + μ_i + LRP_i ─ ŷ
         ŷ ─ g_s ─ inv⁻¹ ─ enh.back_enh ─ x̂
 
-    Args:
+    Args (fields of :class:`~models.config.ModelConfig`, given as keyword overrides):
         N: half the width of the main transforms (each TCB has a conv half and a transformer half of N).
         M: channels of the latent y.
         Z: channels of the hyper-latent z.
@@ -84,37 +86,17 @@ class ICWEM(CompressionModel):
     # image. Not part of the configuration: it changes no value beyond float rounding, no bitstream.
     tile: Optional[int] = None
 
-    def __init__(
-        self,
-        N: int = 128,
-        M: int = 320,
-        Z: int = 192,
-        num_slices: int = 5,
-        max_support_slices: int = 5,
-        depths: Sequence[int] = (2, 2, 2, 2, 2, 2),
-        head_dims: Sequence[int] = (8, 16, 32, 32, 16, 8),
-        window_size: int = 8,
-        hyper_window_size: int = 4,
-        hyper_head_dim: int = 32,
-        attn_dim: int = 128,
-        attn_head_dim: int = 16,
-        attn_window_size: int = 8,
-        param_hidden: Sequence[int] = (224, 128),
-        enh_channels: int = 64,
-        dense_growth: int = 32,
-        drop_path_rate: float = 0.0,
-    ) -> None:
+    def __init__(self, config: Optional[ModelConfig] = None, **overrides) -> None:
+        """``ICWEM()`` is the published model; ``ICWEM(**get_config("tiny"))`` or ``ICWEM(N=64)`` override
+        fields of :class:`~models.config.ModelConfig` (the one place the defaults are written)."""
         super().__init__()
-        if M % num_slices:
-            raise ValueError(f"M={M} is not divisible by num_slices={num_slices}")
-        self.config = dict(
-            N=N, M=M, Z=Z, num_slices=num_slices, max_support_slices=max_support_slices,
-            depths=list(depths), head_dims=list(head_dims), window_size=window_size,
-            hyper_window_size=hyper_window_size, hyper_head_dim=hyper_head_dim, attn_dim=attn_dim,
-            attn_head_dim=attn_head_dim, attn_window_size=attn_window_size,
-            param_hidden=list(param_hidden), enh_channels=enh_channels, dense_growth=dense_growth,
-            drop_path_rate=drop_path_rate,
-        )
+        cfg = replace(config or ModelConfig(), **overrides)
+        self.config = cfg.as_dict()
+        N, M, Z, num_slices, max_support_slices = cfg.N, cfg.M, cfg.Z, cfg.num_slices, cfg.max_support_slices
+        depths, head_dims, window_size, param_hidden = cfg.depths, cfg.head_dims, cfg.window_size, cfg.param_hidden
+        hyper_window_size, hyper_head_dim = cfg.hyper_window_size, cfg.hyper_head_dim
+        attn_dim, attn_head_dim, attn_window_size = cfg.attn_dim, cfg.attn_head_dim, cfg.attn_window_size
+        enh_channels, dense_growth, drop_path_rate = cfg.enh_channels, cfg.dense_growth, cfg.drop_path_rate
         self.num_slices = num_slices
         self.max_support_slices = max_support_slices
         C = 2 * N

@@ -1,15 +1,23 @@
-"""Shared fixtures: seeded RNGs, real photographs from scikit-image, the tiny model."""
+"""Shared fixtures: seeded RNGs, real photographs from scikit-image, the tiny model, a training folder."""
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import json
 import math
 import random
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import Sequence
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = FIXTURES / "icwem-tiny"
@@ -122,3 +130,48 @@ def trained_checkpoint(tmp_path_factory) -> Path:
     model = spread_scales_model(0)
     torch.save({"state_dict": model.state_dict(), "model_config": model.config}, path)
     return path
+
+
+def write_photo(path: Path, name: str, top: int, left: int, h: int, w: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(photo(name)[top:top + h, left:left + w]).save(path)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """DATA/train: four crops of real photos (one in a subfolder, one .PNG, one smaller than the patch);
+    DATA/test: one crop."""
+    root = tmp_path_factory.mktemp("data")
+    write_photo(root / "train" / "astronaut.png", "astronaut", 20, 150, 80, 96)
+    write_photo(root / "train" / "more" / "coffee.PNG", "coffee", 100, 200, 72, 88)
+    write_photo(root / "train" / "chelsea.png", "chelsea", 50, 120, 96, 80)
+    write_photo(root / "train" / "small.png", "rocket", 200, 300, 48, 40)
+    write_photo(root / "test" / "astronaut.png", "astronaut", 160, 180, 80, 80)
+    return root
+
+
+def load_script(name: str):
+    """Import a top-level script as a module, to call its ``main`` in-process (``test`` would be the stdlib's)."""
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", Path(__file__).resolve().parents[1] / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_in_process(args: Sequence[object]) -> subprocess.CompletedProcess:
+    """Run a top-level script's command line (``["codec.py", "encode", ...]``) in this process, through
+    ``run_cli`` as its ``__main__`` does: exit code, stdout and stderr as a subprocess would return them.
+
+    Why: a new Python spends about 10 s of CPU importing PyTorch and CompressAI on a 2-core test machine.
+    Only the tests of signals, killed processes and DDP need a process of their own.
+    """
+    from utils.cli import run_cli
+
+    script, *argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err), mock.patch.object(sys, "argv", [script, *argv]):
+        try:
+            run_cli(load_script(Path(script).stem).main, argv)
+        except SystemExit as exit_:
+            code = exit_.code
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())

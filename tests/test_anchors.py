@@ -9,11 +9,11 @@ from PIL import Image
 from skimage import data
 
 from tools.anchors import main as anchors_main
-from utils.anchors import CODECS, code_image, codec_unavailable, evaluate_codecs, match_bitrate, match_quality
+from utils.evaluation.anchors import CODECS, code_image, codec_unavailable, evaluate_codecs, match_bitrate, match_quality
 from utils.errors import UserError
 from utils.image_io import to_tensor, write_png
-from utils.metrics import bits_per_pixel, psnr
-from utils.results import read_results
+from utils.metrics import bpp_from_bytes, psnr
+from utils.evaluation.results import read_results
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +42,11 @@ def test_higher_quality_costs_more_bits_and_gives_higher_psnr(crop):
 def test_match_bitrate_gets_near_the_target(crop, codec):
     target = 1.5
     coded = match_bitrate(codec, crop, target)
-    bpp = bits_per_pixel(coded.num_bytes, *crop.shape[:2])
+    bpp = bpp_from_bytes(coded.num_bytes, *crop.shape[:2])
     assert bpp == pytest.approx(target, rel=0.1)
     quality = match_quality(codec, crop, target)
     for neighbour in (quality - 1, quality + 1):  # no neighbouring quality is closer
-        other = bits_per_pixel(code_image(codec, crop, neighbour).num_bytes, *crop.shape[:2])
+        other = bpp_from_bytes(code_image(codec, crop, neighbour).num_bytes, *crop.shape[:2])
         assert abs(bpp - target) <= abs(other - target)
 
 
@@ -73,7 +73,7 @@ def test_evaluate_averages_one_point_per_quality(tmp_path, crop):
     assert points["quality"] == [30.0, 60.0]
     single = code_image("jpeg", crop, 30)
     mirrored = code_image("jpeg", np.ascontiguousarray(crop[:, ::-1]), 30)
-    expected_bpp = (bits_per_pixel(single.num_bytes, 64, 96) + bits_per_pixel(mirrored.num_bytes, 64, 96)) / 2
+    expected_bpp = (bpp_from_bytes(single.num_bytes, 64, 96) + bpp_from_bytes(mirrored.num_bytes, 64, 96)) / 2
     assert points["bpp"][0] == pytest.approx(expected_bpp)
     assert points["bpp"][0] < points["bpp"][1]
     assert all(0 < v < 1 for v in points["ms-ssim-rgb"])

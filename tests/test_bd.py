@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from utils.bd import bd_psnr, bd_rate
+from utils.evaluation.bd import bd_psnr, bd_rate
 from utils.errors import UserError
 
 RATES = [0.12, 0.25, 0.48, 0.80, 1.30, 1.95]
@@ -48,7 +48,7 @@ def test_point_order_does_not_matter():
 
 def test_pchip_integral_matches_scipy():
     scipy_interpolate = pytest.importorskip("scipy.interpolate")
-    from utils.bd import _integral_pchip
+    from utils.evaluation.bd import _integral_pchip
 
     x = np.log(RATES)
     wobbly = np.array([1.0, 3.0, 2.0, 2.5, 7.0, 6.9])  # extrema exercise the slope limiter

@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 
-from utils.bitstream import (
+from utils.coding.bitstream import (
     DEFAULT_MAX_PIXELS,
     HEADER_BYTES,
     MAGIC,

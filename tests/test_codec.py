@@ -1,11 +1,10 @@
-"""Coding one image to an .icwem bitstream and back (utils.codec, codec.py), and every hostile input.
+"""Coding one image to an .icwem bitstream and back (utils.coding.codec, codec.py), and every hostile input.
 
 A damaged file must end in a one-line error and a non-zero exit, never in a traceback, a hang or a
 picture that silently differs from the one encoded.
 """
 
 import dataclasses
-import importlib.util
 import random
 import struct
 import subprocess
@@ -20,26 +19,18 @@ from PIL import Image
 from torch import nn
 
 from models import ICWEM, get_config, load_checkpoint
-from tests.conftest import photo
-from utils.bitstream import HEADER_BYTES, pack, unpack
+from tests.conftest import load_script, photo
+from utils.coding.bitstream import HEADER_BYTES, pack, unpack
 from utils.cli import run_cli
-from utils.codec import decode_bitstream, encode_image, model_fingerprint, packed_size
+from utils.coding.codec import decode_bitstream, encode_image, model_fingerprint, packed_size
 from utils.errors import UserError
-from utils.bitstream import DEFAULT_MAX_PIXELS
+from utils.coding.bitstream import DEFAULT_MAX_PIXELS
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI_TIMEOUT_S = 120  # a hang fails the test instead of stalling the suite
 
 
-def _script(name: str):
-    """Import a top-level script (``codec.py``) as a module, to call its ``main`` in-process."""
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-CODEC = _script("codec")
+CODEC = load_script("codec")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -203,7 +194,7 @@ def test_version_1_files_still_decode(model):
     """The original implementation's strings (fixture), packed as a version-1 file, decode to its picture."""
     from tests.conftest import TINY
     from tests.test_bitstream import version_1_bytes
-    from utils.bitstream import Bitstream
+    from utils.coding.bitstream import Bitstream
     from utils.image_io import to_uint8
 
     expected = torch.load(TINY / "expected.pt", weights_only=True)

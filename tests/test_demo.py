@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import load_script
 from models.zoo import shipped_models
-from utils.demo import MARKER, Layout, prepare_output
+from tools.demo_steps import MARKER, Layout, prepare_output
 from utils.errors import UserError
 from utils.image_io import read_image
 
@@ -77,8 +78,7 @@ def test_icwem_files_are_real_and_decode_without_a_checkpoint(demo):
     measured = json.loads((layout.coded / name / "results.json").read_text())["images"][0]
     assert icwem.stat().st_size == measured["bytes"] > 0
     decoded = layout.out / "decoded.png"
-    result = run(["codec.py", "decode", str(icwem), "-o", str(decoded)])  # the model is found by its fingerprint
-    assert result.returncode == 0, result.stderr
+    assert load_script("codec").main(["decode", str(icwem), "-o", str(decoded)]) == 0  # model found by its fingerprint
     saved, _ = read_image(layout.coded / name / "chelsea.png")
     again, _ = read_image(decoded)
     assert saved.shape == (64, 96, 3)  # chelsea (300x451) shrunk to 96 px

@@ -2,7 +2,6 @@
 
 import contextlib
 import csv
-import importlib.util
 import io
 import json
 from pathlib import Path
@@ -13,27 +12,19 @@ import torch
 from PIL import Image, ImageOps
 
 from models import ICWEM, get_config, load_checkpoint
-from tests.conftest import photo
-from utils.bitstream import read_file
-from utils.codec import decode_bitstream, encode_image
+from tests.conftest import load_script, photo
+from utils.coding.bitstream import read_file
+from utils.coding.codec import decode_bitstream, encode_image
 from utils.errors import UserError
-from utils.evaluation import estimate, mean_fields, output_names, select_device
+from utils.device import select_device
+from utils.evaluation.measure import estimate, mean_fields, output_names
 from utils.image_io import read_image
 from utils.padding import pad_image
-from utils.results import read_results
-
-ROOT = Path(__file__).resolve().parent.parent
+from utils.evaluation.results import read_results
 
 
-def _script(name: str):
-    """Import a top-level script as a module, to call its ``main`` in-process (``test`` would be the stdlib's)."""
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-EVAL, TEST, CODEC = _script("eval"), _script("test"), _script("codec")
+EVAL, TEST, CODEC = load_script("eval"), load_script("test"), load_script("codec")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -27,8 +27,8 @@ from models import load_checkpoint
 from models.portable import update_tables
 from models.rans_guard import RANS_L, check_stream, guard_words, guarded, max_stream_words
 from tests.conftest import photo
-from utils.bitstream import HEADER_BYTES, MAGIC, pack, unpack
-from utils.codec import decode_bitstream, encode_image
+from utils.coding.bitstream import HEADER_BYTES, MAGIC, pack, unpack
+from utils.coding.codec import decode_bitstream, encode_image
 from utils.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -212,8 +212,8 @@ def real_file(tiny_checkpoint) -> tuple[bytes, np.ndarray]:
 _DECODE_MANY = """
 import sys, numpy as np
 from models import load_checkpoint
-from utils.bitstream import read_file
-from utils.codec import decode_bitstream
+from utils.coding.bitstream import read_file
+from utils.coding.codec import decode_bitstream
 from utils.errors import UserError
 model = load_checkpoint(sys.argv[1])
 for path in sys.argv[2:]:

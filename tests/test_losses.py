@@ -6,7 +6,7 @@ import pytest
 import torch
 from pytorch_msssim import ms_ssim
 
-from losses import RateDistortionLoss, bits_per_pixel, configure_optimizers
+from losses import RateDistortionLoss, bpp_from_likelihoods, configure_optimizers
 
 
 def hand_made_output(x: torch.Tensor, x_hat: torch.Tensor) -> dict:
@@ -27,7 +27,7 @@ def expected_bpp(x: torch.Tensor) -> float:
 def test_bpp_is_total_bits_over_batch_pixels():
     x = torch.zeros(2, 3, 64, 64)
     out = hand_made_output(x, x)
-    assert bits_per_pixel(out["likelihoods"], 2 * 64 * 64).item() == pytest.approx(expected_bpp(x), rel=1e-6)
+    assert bpp_from_likelihoods(out["likelihoods"], 2 * 64 * 64).item() == pytest.approx(expected_bpp(x), rel=1e-6)
 
 
 def test_mse_loss_is_lambda_255_squared_mse_plus_bpp():

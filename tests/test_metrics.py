@@ -12,7 +12,7 @@ from utils.image_io import to_tensor
 from utils.metrics import (
     MS_SSIM_WEIGHTS,
     _ms_ssim,
-    bits_per_pixel,
+    bpp_from_bytes,
     ms_ssim,
     ms_ssim_db,
     ms_ssim_levels,
@@ -98,7 +98,7 @@ def test_ms_ssim_db():
     assert ms_ssim_db(1.0) == float("inf")
 
 
-def test_bits_per_pixel():
-    assert bits_per_pixel(1000, 100, 80) == pytest.approx(1.0)
+def test_bpp_from_bytes():
+    assert bpp_from_bytes(1000, 100, 80) == pytest.approx(1.0)
     with pytest.raises(ValueError):
-        bits_per_pixel(10, 0, 5)
+        bpp_from_bytes(10, 0, 5)

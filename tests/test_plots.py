@@ -3,8 +3,8 @@
 import json
 
 from tools.plot_rd import main as plot_main
-from utils.plots import bd_table, find_curve, format_bd_table, plot_rd
-from utils.results import write_results
+from utils.evaluation.plots import bd_table, find_curve, format_bd_table, plot_rd
+from utils.evaluation.results import write_results
 
 RATES = [0.1, 0.2, 0.4, 0.8, 1.6]
 

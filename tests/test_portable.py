@@ -22,8 +22,8 @@ import torch
 from models import load_checkpoint
 from models.portable import SCALE_TABLE, parameter_nets
 from tests.conftest import photo
-from utils.bitstream import pack, unpack
-from utils.codec import decode_bitstream, encode_image
+from utils.coding.bitstream import pack, unpack
+from utils.coding.codec import decode_bitstream, encode_image
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,8 +40,8 @@ threads, dnn = int(sys.argv[2]), sys.argv[3] == "1"
 torch.set_num_threads(threads)
 torch.backends.mkldnn.enabled = dnn
 from models import load_checkpoint
-from utils.bitstream import read_file
-from utils.codec import decode_bitstream
+from utils.coding.bitstream import read_file
+from utils.coding.codec import decode_bitstream
 from utils.errors import UserError
 model = load_checkpoint(sys.argv[1])
 tables = [model.gaussian_conditional.quantized_cdf, model.entropy_bottleneck.quantized_cdf]

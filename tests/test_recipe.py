@@ -1,64 +1,16 @@
 """The small-data training recipe: multi-scale crops and flips, repeats, the cosine schedule, and training
-on the decoder's picture (``--decoder-clamp``)."""
+on the decoder's picture (``--decoder-clamp``); the crops and flips themselves are in test_datasets.py."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from conftest import photo, photo_tensor
-from datasets import ImageFolder
-from datasets.images import _random_rescale_and_flip
+from conftest import photo_tensor
 from losses import RateDistortionLoss
 from utils.training import COSINE_FINAL_FACTOR, TrainConfig, make_scheduler
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("photos")
-    for split in ("train", "test"):
-        (root / split).mkdir()
-        Image.fromarray(photo("astronaut")[:256, :320]).save(root / split / "astronaut.png")
-    return root
-
-
-def test_augmented_crops_are_seeded_and_differ(photos):
-    augmented = ImageFolder(photos, "train", (64, 64), random_crop=True, seed=3, augment=True, repeat=40)
-    again = ImageFolder(photos, "train", (64, 64), random_crop=True, seed=3, augment=True, repeat=40)
-    assert len(augmented) == 40 and len(ImageFolder(photos, "train", (64, 64), random_crop=True)) == 1
-    crops = [augmented[i] for i in range(40)]
-    assert all(torch.equal(c, again[i]) for i, c in enumerate(crops))  # a function of (seed, epoch, index)
-    assert all(c.shape == (3, 64, 64) for c in crops)
-    assert len({c.sum().item() for c in crops}) == 40  # each repeat is a different crop
-
-
-def test_rescaling_spans_the_scales_and_flips_half_the_time():
-    img = photo("astronaut")[:256, :320]
-    scales, flips = [], 0
-    for seed in range(200):
-        out = _random_rescale_and_flip(img, 64, 64, np.random.default_rng(seed))
-        scales.append(out.shape[0] / img.shape[0])
-        if out.shape == img.shape:  # not shrunk: either the image itself or its mirror
-            flips += not np.array_equal(out, img)
-            assert np.array_equal(out, img) or np.array_equal(out, img[:, ::-1])
-    assert min(scales) >= 64 / 256 - 1e-9 and max(scales) <= 1
-    assert min(scales) < 0.35 and sum(s < 0.6 for s in scales) > 50  # log-uniform down to the floor
-    img_small = photo("astronaut")[:64, :64]
-    mirrored = sum(not np.array_equal(_random_rescale_and_flip(img_small, 64, 64, np.random.default_rng(s)), img_small)
-                   for s in range(200))
-    assert 70 < mirrored < 130  # a patch-sized image is never shrunk, only flipped, about half the time
-
-
-def test_without_augment_the_crops_are_unchanged(photos):
-    a = ImageFolder(photos, "train", (64, 64), random_crop=True, seed=5)
-    b = ImageFolder(photos, "train", (64, 64), random_crop=True, seed=5, augment=False, repeat=3)
-    assert torch.equal(a[0], b[0])
 
 
 def test_cosine_schedule_decays_over_the_epochs_to_its_floor():

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from utils.errors import UserError
-from utils.results import read_results, write_results
+from utils.evaluation.results import read_results, write_results
 
 
 def _points():

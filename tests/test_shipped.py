@@ -4,19 +4,17 @@ a checkpoint (encode picks a rate point by --quality, decode finds the model by 
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from conftest import photo
+from conftest import photo, run_in_process
 from models import load_checkpoint, read_checkpoint
 from models.zoo import MANIFEST, default_quality, expand_shipped, shipped_by_fingerprint, shipped_models, shipped_path
-from utils.bitstream import read_file
+from utils.coding.bitstream import read_file
 from utils.errors import UserError
 from utils.image_io import read_image
 
@@ -25,8 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run(*args) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return run_in_process(args)
 
 
 def test_manifest_lists_at_least_four_rate_points_in_order():

@@ -30,8 +30,8 @@ from models.tiling import (
     stream_rows,
     synthesis_stages,
 )
-from utils.bitstream import pack, unpack
-from utils.codec import decode_bitstream, encode_image
+from utils.coding.bitstream import pack, unpack
+from utils.coding.codec import decode_bitstream, encode_image
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,7 +1,8 @@
 """Training: the original's command line, checkpoints, exact resume, DDP, data, and fault handling.
 
 All on the CPU with the ``tiny`` preset and 64x64 crops of real photographs. Runs whose exit code or stderr
-matter go through ``train.py`` in a subprocess; the others call ``utils.training.train`` in-process.
+matter go through ``train.py``'s command line (in a subprocess where a signal or a second process is
+the point); the others call ``utils.training.train``.
 """
 
 from __future__ import annotations
@@ -16,13 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
-from conftest import photo
-from datasets import ImageFolder, ShardedEpochSampler
-from utils.checkpoint import save_checkpoint
-from utils.errors import UserError
+from conftest import run_in_process, write_photo
 from utils.training import LATEST, TrainConfig, train
+from utils.training.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT_KEYS = {"epoch", "state_dict", "loss", "optimizer", "aux_optimizer", "lr_scheduler", "model_config",
@@ -36,36 +34,12 @@ def _one_thread(one_thread):
     yield
 
 
-def write_photo(path: Path, name: str, top: int, left: int, h: int, w: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(photo(name)[top:top + h, left:left + w]).save(path)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """DATA/train: four crops of real photos (one in a subfolder, one .PNG, one smaller than the patch);
-    DATA/test: one crop."""
-    root = tmp_path_factory.mktemp("data")
-    write_photo(root / "train" / "astronaut.png", "astronaut", 20, 150, 80, 96)
-    write_photo(root / "train" / "more" / "coffee.PNG", "coffee", 100, 200, 72, 88)
-    write_photo(root / "train" / "chelsea.png", "chelsea", 50, 120, 96, 80)
-    write_photo(root / "train" / "small.png", "rocket", 200, 300, 48, 40)
-    write_photo(root / "test" / "astronaut.png", "astronaut", 160, 180, 80, 80)
-    return root
-
-
 def config(data: Path, out: Path, **overrides) -> TrainConfig:
     """A fast run: tiny model, 64x64 crops, batches of 2 (two steps per epoch), no loader workers."""
     settings = dict(dataset=str(data), model_config="tiny", patch_size=(64, 64), batch_size=2, test_batch_size=2,
                     num_workers=0, lmbda=0.05, save_path=str(out), epochs=2, log_every=1, lr_epoch=[1])
     settings.update(overrides)
     return TrainConfig(**settings)
-
-
-def run_script(args, timeout=240, **kwargs) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore::FutureWarning")
-    return subprocess.run([sys.executable, "-u", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
 
 
 def assert_same_tensors(a: dict, b: dict) -> None:
@@ -97,7 +71,7 @@ def test_readme_command_trains_and_writes_loadable_checkpoints(data, tmp_path):
     # The README's command verbatim, shrunk by the added flags (and --N 32, the tiny preset's own width:
     # --N 128 would make a 32M-parameter "tiny" model).
     out = tmp_path / "train_result"
-    result = run_script(["./train.py", "-d", str(data), "--cuda", "--N", "32", "--lambda", "0.05", "--epochs", "1",
+    result = run_in_process(["./train.py", "-d", str(data), "--cuda", "--N", "32", "--lambda", "0.05", "--epochs", "1",
                          "--lr_epoch", "45", "48", "--save_path", str(out), "--save",
                          "--model-config", "tiny", "--patch-size", "64", "64", "--batch-size", "2", "--max-steps", "2"])
     assert result.returncode == 0, result.stderr
@@ -129,7 +103,7 @@ def test_bad_dataset_is_a_one_line_error(tmp_path, case):
         (root / "train").mkdir(parents=True)
         (root / "train" / "notes.txt").write_text("not an image")
         write_photo(root / "test" / "a.png", "astronaut", 0, 0, 64, 64)
-    result = run_script(["train.py", "-d", str(root), "--model-config", "tiny", "--patch-size", "64", "64",
+    result = run_in_process(["train.py", "-d", str(root), "--model-config", "tiny", "--patch-size", "64", "64",
                          "--save_path", str(tmp_path / "out")])
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -254,7 +228,7 @@ def test_checkpoint_survives_a_killed_writer(tmp_path):
     path = tmp_path / LATEST
     writer = textwrap.dedent(f"""
         import torch
-        from utils.checkpoint import save_checkpoint
+        from utils.training.checkpoint import save_checkpoint
         step = 0
         while True:
             step += 1
@@ -332,7 +306,7 @@ DDP_HELPER = """
 import sys, torch
 from train import parse_args
 from utils.training import TrainConfig, train
-from utils.distributed import distributed_context
+from utils.training.distributed import distributed_context
 
 result = train(TrainConfig(**vars(parse_args(sys.argv[2:]))))
 torch.save(result.model.state_dict(), f"{sys.argv[1]}/rank{distributed_context().rank}.pt")
@@ -362,73 +336,3 @@ def test_ddp_two_cpu_processes_keep_identical_weights(data, tmp_path):
     torch.manual_seed(100)
     initial = ICWEM(**get_config("tiny")).state_dict()
     assert not torch.equal(initial["entropy_bottleneck.quantiles"], rank0["entropy_bottleneck.quantiles"])
-
-
-# ---------------------------------------------------------------------------------------------- data
-
-
-def test_train_crops_are_a_function_of_seed_epoch_and_index(data):
-    dataset = ImageFolder(data, "train", (64, 64), random_crop=True, seed=7)
-    again = ImageFolder(data, "train", (64, 64), random_crop=True, seed=7)
-    assert [p.name for p in dataset.files] == ["astronaut.png", "chelsea.png", "coffee.PNG", "small.png"]
-    dataset.set_epoch(3)
-    again.set_epoch(3)
-    assert torch.equal(dataset[0], again[0])
-    again.set_epoch(4)
-    assert not torch.equal(dataset[0], again[0])
-    assert dataset[0].shape == (3, 64, 64) and dataset[0].dtype == torch.float32
-
-
-def test_images_smaller_than_the_patch_are_padded_not_dropped(data):
-    dataset = ImageFolder(data, "train", (64, 64), random_crop=True)
-    small = dataset[[p.name for p in dataset.files].index("small.png")]
-    assert small.shape == (3, 64, 64)
-    original = torch.from_numpy(photo("rocket")[200:248, 300:340]).permute(2, 0, 1).float() / 255
-    assert torch.equal(small[:, 8:56, 12:52], original)  # centred, reflected around
-
-
-def test_test_split_is_centre_cropped(data):
-    dataset = ImageFolder(data, "test", (64, 64), random_crop=False)
-    expected = torch.from_numpy(photo("astronaut")[168:232, 188:252]).permute(2, 0, 1).float() / 255
-    assert torch.equal(dataset[0], expected)
-
-
-def test_unreadable_images_are_reported_once_and_skipped(tmp_path, capsys):
-    write_photo(tmp_path / "train" / "good.png", "coffee", 0, 0, 64, 64)
-    (tmp_path / "train" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    (tmp_path / "train" / "empty.png").write_bytes(b"")
-    dataset = ImageFolder(tmp_path, "train", (64, 64), random_crop=True)
-    assert [p.name for p in dataset.files] == ["good.png"]
-    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 2 and any("broken.jpg" in w for w in warnings)
-
-
-def test_image_with_corrupt_pixels_is_replaced_by_the_next_one(tmp_path, capsys):
-    write_photo(tmp_path / "train" / "a_good.png", "coffee", 0, 0, 64, 64)
-    write_photo(tmp_path / "train" / "b_truncated.png", "chelsea", 0, 0, 64, 64)
-    truncated = tmp_path / "train" / "b_truncated.png"
-    truncated.write_bytes(truncated.read_bytes()[:200])  # the header parses, the pixels do not
-    dataset = ImageFolder(tmp_path, "train", (64, 64), random_crop=False)
-    assert len(dataset) == 2
-    assert torch.equal(dataset[1], dataset[0]) and torch.equal(dataset[1], dataset[0])
-    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and "b_truncated.png" in warnings[0]
-
-
-def test_missing_split_names_the_folder(tmp_path):
-    with pytest.raises(UserError, match=str(tmp_path / "test")):
-        ImageFolder(tmp_path, "test", (64, 64), random_crop=False)
-
-
-def test_sampler_shards_cover_the_epoch_and_resume_mid_epoch():
-    shards = [ShardedEpochSampler(10, shuffle=True, seed=1, rank=r, world_size=3) for r in range(3)]
-    for s in shards:
-        s.set_epoch(5)
-    orders = [list(s) for s in shards]
-    assert all(len(o) == 4 for o in orders)  # padded to the same length on every rank
-    assert set(sum(orders, [])) == set(range(10))
-    resumed = ShardedEpochSampler(10, shuffle=True, seed=1, rank=1, world_size=3)
-    resumed.set_epoch(5, start=2)
-    assert list(resumed) == orders[1][2:] and len(resumed) == 2
-    test_shards = [list(ShardedEpochSampler(10, shuffle=False, rank=r, world_size=3, pad=False)) for r in range(3)]
-    assert sorted(sum(test_shards, [])) == list(range(10))  # every test image exactly once

@@ -17,11 +17,11 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils.anchors import CODECS, codec_unavailable, describe, evaluate_codecs  # noqa: E402
+from utils.evaluation.anchors import CODECS, codec_unavailable, describe, evaluate_codecs  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.image_io import find_images  # noqa: E402
 from utils.metrics import ms_ssim_db  # noqa: E402
-from utils.results import write_results  # noqa: E402
+from utils.evaluation.results import write_results  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -16,10 +16,10 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils.bd import METHODS  # noqa: E402
+from utils.evaluation.bd import METHODS  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
-from utils.plots import bd_table, find_curve, format_bd_table, plot_rd  # noqa: E402
-from utils.results import read_results  # noqa: E402
+from utils.evaluation.plots import bd_table, find_curve, format_bd_table, plot_rd  # noqa: E402
+from utils.evaluation.results import read_results  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.cli import run_cli  # noqa: E402
-from utils.demo import DEFAULT_TEST_PHOTOS, write_training_photos  # noqa: E402
+from tools.demo_steps import DEFAULT_TEST_PHOTOS, write_training_photos  # noqa: E402
 
 
 def main(argv=None) -> int:

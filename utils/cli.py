@@ -33,13 +33,14 @@ def add_tile_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_max_pixels_argument(parser: argparse.ArgumentParser) -> None:
-    """``--max-pixels N``: the largest image a decode accepts (Pillow's convention and default)."""
-    from .bitstream import DEFAULT_MAX_PIXELS
+def add_max_pixels_argument(parser: argparse.ArgumentParser, default: int) -> None:
+    """``--max-pixels N``: the largest image a decode accepts (``default``: the bitstream format's, Pillow's).
 
+    The default is passed in so that this bottom-tier module need not import the coding tier.
+    """
     parser.add_argument(
-        "--max-pixels", type=whole_number(1, "pixels"), default=DEFAULT_MAX_PIXELS, metavar="N",
-        help=f"refuse to decode images of more than N pixels (default {DEFAULT_MAX_PIXELS}, Pillow's limit); "
+        "--max-pixels", type=whole_number(1, "pixels"), default=default, metavar="N",
+        help=f"refuse to decode images of more than N pixels (default {default}, Pillow's limit); "
              "checked from the file's header before any work",
     )
 

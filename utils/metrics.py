@@ -136,8 +136,8 @@ def ms_ssim_db(value: float) -> float:
     return -10.0 * math.log10(1.0 - value)
 
 
-def bits_per_pixel(num_bytes: int, height: int, width: int) -> float:
-    """Rate of a coded image in bits per pixel of the original (unpadded) image."""
+def bpp_from_bytes(num_bytes: int, height: int, width: int) -> float:
+    """The real rate of a coded image: its bytes in bits per pixel of the original (unpadded) image."""
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {height}x{width}")
     return 8.0 * num_bytes / (height * width)

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-from .errors import UserError
+from ..errors import UserError
 
 PathLike = Union[str, Path]
 

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 METHODS = ("cubic", "pchip")
 MIN_POINTS = 4

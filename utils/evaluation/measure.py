@@ -34,12 +34,12 @@ from tqdm import tqdm
 from models import load_checkpoint
 from models.zoo import resolve_checkpoint
 
-from .bitstream import DEFAULT_MAX_PIXELS, OVERHEAD_BYTES, pack, read_file, unpack, write_file
-from .codec import decode_bitstream, encode_image
-from .errors import UserError
-from .image_io import find_images, read_image, to_tensor, to_uint8, write_png
-from .metrics import bits_per_pixel, ms_ssim, ms_ssim_db, psnr
-from .padding import crop, pad_image
+from ..coding.bitstream import DEFAULT_MAX_PIXELS, OVERHEAD_BYTES, pack, read_file, unpack, write_file
+from ..coding.codec import decode_bitstream, encode_image
+from ..errors import UserError
+from ..image_io import find_images, read_image, to_tensor, to_uint8, write_png
+from ..metrics import bpp_from_bytes, ms_ssim, ms_ssim_db, psnr
+from ..padding import crop, pad_image
 
 PathLike = Union[str, Path]
 
@@ -61,15 +61,6 @@ _COLUMNS = (
     ("encode_s", "enc s", "{:>7.3f}"),
     ("decode_s", "dec s", "{:>7.3f}"),
 )
-
-
-def select_device(cuda: bool) -> torch.device:
-    """CUDA with ``--cuda`` if there is one; otherwise the CPU (with a warning if CUDA was asked for)."""
-    if cuda and torch.cuda.is_available():
-        return torch.device("cuda")
-    if cuda:
-        print("warning: --cuda given but CUDA is not available; running on the CPU", file=sys.stderr)
-    return torch.device("cpu")
 
 
 def estimate(model: nn.Module, rgb_uint8: np.ndarray) -> tuple[float, np.ndarray, float]:
@@ -115,7 +106,7 @@ def measure_image(
         else:
             num_bytes, received = write_file(icwem_path, bs), read_file(icwem_path)
         reconstruction, decoded = decode_bitstream(model, received, max_pixels)
-        bpp = bits_per_pixel(num_bytes, height, width)
+        bpp = bpp_from_bytes(num_bytes, height, width)
         fields = {
             "bytes": num_bytes,
             "bpp": bpp,

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .errors import UserError
+from ..errors import UserError
 
 
 @dataclass

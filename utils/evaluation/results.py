@@ -17,8 +17,8 @@ import math
 from pathlib import Path
 from typing import Any, Union
 
-from .errors import UserError
-from .metrics import ms_ssim_db
+from ..errors import UserError
+from ..metrics import ms_ssim_db
 
 PathLike = Union[str, Path]
 

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from .bitstream import DEFAULT_MAX_PIXELS, Bitstream, file_size, pixel_limit_problem
-from .errors import UserError
-from .image_io import to_tensor, to_uint8
-from .metrics import bits_per_pixel
-from .padding import Padding, crop, pad_image
+from ..errors import UserError
+from ..image_io import to_tensor, to_uint8
+from ..metrics import bpp_from_bytes
+from ..padding import Padding, crop, pad_image
 
 _FINGERPRINTS: "weakref.WeakKeyDictionary[nn.Module, bytes]" = weakref.WeakKeyDictionary()
 
@@ -70,7 +70,7 @@ def encode_image(model: nn.Module, rgb_uint8: np.ndarray) -> tuple[Bitstream, di
         check=out["checks"][0],
     )
     num_bytes = packed_size(bs)
-    return bs, {"bytes": num_bytes, "bpp": bits_per_pixel(num_bytes, height, width), "encode_s": encode_s}
+    return bs, {"bytes": num_bytes, "bpp": bpp_from_bytes(num_bytes, height, width), "encode_s": encode_s}
 
 
 def decode_bitstream(model: nn.Module, bs: Bitstream, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, dict]:

@@ -23,9 +23,9 @@ import numpy as np
 import PIL
 from PIL import Image, features
 
-from .errors import UserError
-from .image_io import read_image, to_tensor
-from .metrics import bits_per_pixel, ms_ssim, psnr
+from ..errors import UserError
+from ..image_io import read_image, to_tensor
+from ..metrics import bpp_from_bytes, ms_ssim, psnr
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,7 @@ def match_quality(codec: str, rgb: np.ndarray, target_bpp: float) -> int:
 
     def bpp_at(quality: int) -> float:
         if quality not in sizes:
-            sizes[quality] = bits_per_pixel(len(_encode(spec, img, quality)), height, width)
+            sizes[quality] = bpp_from_bytes(len(_encode(spec, img, quality)), height, width)
         return sizes[quality]
 
     low, high = spec.quality_range
@@ -240,7 +240,7 @@ def evaluate_codecs(
                 point = sums[name]
                 point["psnr-rgb"][i] += psnr(original, decoded)
                 point["ms-ssim-rgb"][i] += ms_ssim(original, decoded)
-                point["bpp"][i] += bits_per_pixel(coded.num_bytes, rgb.shape[0], rgb.shape[1])
+                point["bpp"][i] += bpp_from_bytes(coded.num_bytes, rgb.shape[0], rgb.shape[1])
                 point["encoding_time"][i] += coded.encode_s
                 point["decoding_time"][i] += coded.decode_s
 

@@ -1,6 +1,6 @@
 """Rate-distortion plots and Bjøntegaard tables for any number of results curves.
 
-Curves are the dicts ``utils.results.read_results`` returns. Figures are drawn on a bare matplotlib
+Curves are the dicts ``utils.evaluation.results.read_results`` returns. Figures are drawn on a bare matplotlib
 ``Figure`` (PNG through Agg, PDF through matplotlib's PDF backend) without pyplot, so plotting never
 touches a global backend or needs a display.
 """
@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 from matplotlib.figure import Figure
 
 from .bd import bd_psnr, bd_rate
-from .errors import UserError
+from ..errors import UserError
 
 PathLike = Union[str, Path]
 

@@ -2,7 +2,8 @@
 then a short training run that shows ``train.py`` at work.
 
 Everything comes from this repository and the photographs shipped inside scikit-image; nothing is downloaded.
-``run_demo`` goes through five steps; coding and training run ``test.py`` and ``train.py`` as a user would:
+``run_demo`` goes through five steps; coding and training run ``test.py`` and ``train.py`` on the command
+lines a user would type (their ``main``, in this process: see ``run_script``):
 
 1. photos: the held-out photos (chelsea and coffee by default; never trained on) in OUT/photos;
 2. shipped models: ``test.py --real`` codes them with every shipped rate point into real .icwem files
@@ -19,16 +20,17 @@ Every number printed is measured in this run. A new run replaces OUT (only if an
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
+import signal
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Optional, Sequence
 
 import numpy as np
@@ -36,13 +38,12 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from models.zoo import shipped_models
-
-from .anchors import CODECS, codec_unavailable, describe, evaluate_codecs, match_quality
-from .errors import UserError
-from .image_io import read_image, to_tensor, write_png
-from .metrics import bits_per_pixel, ms_ssim, psnr
-from .plots import bd_table, format_bd_table, plot_rd
-from .results import read_results, write_results
+from utils.errors import UserError
+from utils.evaluation.anchors import CODECS, codec_unavailable, describe, evaluate_codecs, match_quality
+from utils.evaluation.plots import bd_table, format_bd_table, plot_rd
+from utils.evaluation.results import read_results, write_results
+from utils.image_io import read_image, to_tensor, write_png
+from utils.metrics import bpp_from_bytes, ms_ssim, psnr
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,7 +106,7 @@ def run_demo(cfg: DemoConfig) -> int:
     """All five steps (see the module docstring); returns the exit code."""
     started = time.monotonic()
     models = check_config(cfg)
-    torch.set_num_threads(cfg.threads)  # for the anchors' metrics; the scripts get OMP_NUM_THREADS
+    torch.set_num_threads(cfg.threads)  # the anchors' metrics and the scripts, which run in this process
     layout = Layout(Path(cfg.out_dir))
     prepare_output(layout)
 
@@ -193,27 +194,34 @@ def heading(number: int, text: str) -> None:
     print(f"\n== {number}/5 {text}", flush=True)
 
 
-def run_script(args: Sequence[str], threads: int) -> None:
-    """Run one of the repository's scripts with this Python and ``threads`` CPU threads, its output going
-    straight to ours."""
-    # CompressAI's import warns that torch.jit.script is deprecated; the scripts' own lines are what matter.
-    warnings_filter = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"),
-                                             "ignore:`torch.jit.script`:FutureWarning"]))
-    env = dict(os.environ, PYTHONWARNINGS=warnings_filter, OMP_NUM_THREADS=str(threads))
-    process = subprocess.Popen([sys.executable, "-u", *args], cwd=REPO, env=env)
-    try:
-        code = process.wait()
-    except KeyboardInterrupt:
-        process.wait()  # the script got the same Ctrl-C; train.py first saves a checkpoint
-        raise
-    if code != 0:
+def run_script(args: Sequence[str]) -> None:
+    """Run one of the repository's scripts (``test.py``, ``train.py``) on ``args`` as its command line would,
+    in this process, its output going straight to ours.
+
+    In this process rather than a new one: a new Python spends about 10 s of CPU importing PyTorch and
+    CompressAI (measured on a 2-core EPYC), more than coding the photos takes, and the demo runs seven
+    scripts. The thread count is this process's (``torch.set_num_threads`` in ``run_demo``).
+    """
+    code = _script(args[0]).main(list(args[1:]))
+    if code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        raise KeyboardInterrupt  # train.py saved its checkpoint; stop the demo as a Ctrl-C stops it
+    if code:
         raise UserError(f"{args[0]} failed with exit code {code} (its output is above)")
+
+
+@functools.lru_cache(maxsize=None)
+def _script(name: str) -> ModuleType:
+    """A top-level script as a module, loaded by its path (``test.py`` would otherwise be Python's ``test``)."""
+    spec = importlib.util.spec_from_file_location(f"_demo_script_{Path(name).stem}", REPO / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def code_with(checkpoint: str, photos: Path, save_dir: Path, cfg: DemoConfig) -> dict:
     """``test.py --real`` over the photos; returns its results.json."""
     run_script(["test.py", "--checkpoint", checkpoint, "--data", str(photos), "--real", "--save-dir", str(save_dir),
-                *(["--cuda"] if cfg.cuda else [])], cfg.threads)
+                *(["--cuda"] if cfg.cuda else [])])
     return json.loads((save_dir / "results.json").read_text())
 
 
@@ -262,7 +270,7 @@ def code_to_file(codec: str, rgb: np.ndarray, quality: int, path: Path) -> dict:
     Image.fromarray(rgb).save(path, format=spec.pillow_format, **spec.save_options(quality))
     decoded, _notices = read_image(path)
     original, coded = to_tensor(rgb), to_tensor(decoded)
-    return {"bpp": bits_per_pixel(path.stat().st_size, *rgb.shape[:2]), "psnr": psnr(original, coded),
+    return {"bpp": bpp_from_bytes(path.stat().st_size, *rgb.shape[:2]), "psnr": psnr(original, coded),
             "ms_ssim": ms_ssim(original, coded), "quality": quality, "file": str(path)}
 
 
@@ -311,7 +319,7 @@ def train_and_code(base: dict, cfg: DemoConfig, layout: Layout) -> dict:
                 "--lambda", f"{base['lambda']:g}", "-lr", "1e-4", "--batch-size", "8", "--patch-size", "64", "64",
                 "--augment", "--repeat", "8", "--decoder-clamp", "--epochs", "1000000", "--save_path", str(layout.train),
                 "--seed", str(cfg.seed), "--num-workers", "0", "--log-every", "10", *budget,
-                *(["--cuda"] if cfg.cuda else [])], cfg.threads)
+                *(["--cuda"] if cfg.cuda else [])])
     minutes = (time.monotonic() - started) / 60
     checkpoint = layout.train / f"{base['lambda']:g}" / "checkpoint_latest.pth.tar"
     if not checkpoint.is_file():  # train.py names the folder str(float(lambda))

@@ -1,0 +1,7 @@
+"""Coding tier: the ``.icwem`` file format (``bitstream``) and image <-> bitstream with a model (``codec``).
+
+Above the floor (``utils.errors``, ``image_io``, ``padding``, ``metrics``); takes the model as an
+argument rather than importing ``models``. Tiled and portable coding live model-side
+(``models/tiling.py``, ``models/portable.py``, ``models/rans_guard.py``) because they are the model's
+own arithmetic; this tier frames, checks and times what the model writes.
+"""

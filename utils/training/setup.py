@@ -1,0 +1,161 @@
+"""Setting a run up: the device, the seeds, the data, the model and its optimizers, DDP.
+
+Each function is one phase of ``train``'s setup, in the order ``train`` calls them; the order matters for
+exact resume only through the global torch generator, which the model's initialisation draws from (after
+``seed_everything``) and which ``train`` reseeds per rank once the model is built and wrapped.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import ContextManager, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.optim.lr_scheduler import LambdaLR, MultiStepLR
+from torch.utils.data import DataLoader
+
+from datasets import ImageFolder, ShardedEpochSampler
+from losses import RateDistortionLoss, configure_optimizers
+from models import ICWEM, get_config, model_from_state_dict, split_checkpoint
+
+from ..device import select_device
+from ..errors import UserError
+from .config import TrainConfig
+from .distributed import DistributedContext, init_process_group, unused_parameters, wrap_ddp
+from .signals import ignore_sigint
+from .state import TrainState
+
+# --lr-schedule cosine ends at this fraction of the initial learning rate.
+COSINE_FINAL_FACTOR = 0.01
+
+
+def training_device(cfg: TrainConfig, ctx: DistributedContext) -> torch.device:
+    """``--device``/``--cuda`` as every script reads them, then one GPU per process and the --amp checks."""
+    device = select_device(cfg.cuda, cfg.device, doing="training", warn=ctx.master)
+    if device.type == "cuda":
+        # One GPU per process: torchrun's LOCAL_RANK picks it.
+        device = torch.device("cuda", ctx.local_rank if ctx.ddp else (device.index or 0))
+    if cfg.amp != "none":
+        if device.type != "cuda":
+            raise UserError(f"--amp {cfg.amp} needs a CUDA device (use --cuda or --device cuda)")
+        if cfg.amp == "bf16" and not torch.cuda.is_bf16_supported():
+            raise UserError("--amp bf16: this GPU does not support bfloat16; use --amp fp16")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (the model's initialisation draws from torch's generator)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class Data:
+    """Both splits with their samplers and loaders; ``train`` sets the epoch on the train set and sampler."""
+
+    train_set: ImageFolder
+    test_set: ImageFolder
+    train_sampler: ShardedEpochSampler
+    train_loader: DataLoader
+    test_loader: DataLoader
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """This rank's share of an epoch, in samples."""
+        return self.train_sampler.shard_size()
+
+
+def make_loader(dataset: ImageFolder, sampler: ShardedEpochSampler, batch_size: int, num_workers: int,
+                device: torch.device, seed: int) -> DataLoader:
+    """A loader that never draws from the global torch generator (see the comment inside)."""
+    # The loader's own generator (only used for worker seeds) keeps it from drawing from the global torch
+    # generator whenever an epoch's iterator is created, which would shift the quantisation noise after a
+    # resume. Workers are not persistent so that each epoch's workers see the dataset's current epoch.
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+        pin_memory=device.type == "cuda", drop_last=False, worker_init_fn=ignore_sigint,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def build_data(cfg: TrainConfig, ctx: DistributedContext, device: torch.device) -> Data:
+    """Random crops for training, centre crops for testing (the original's transforms), sharded per rank."""
+    train_set = ImageFolder(cfg.dataset, "train", cfg.patch_size, random_crop=True, seed=cfg.seed, verbose=ctx.master,
+                            augment=cfg.augment, repeat=cfg.repeat)
+    test_set = ImageFolder(cfg.dataset, "test", cfg.patch_size, random_crop=False, seed=cfg.seed, verbose=ctx.master)
+    train_sampler = ShardedEpochSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=ctx.rank,
+                                        world_size=ctx.world_size, pad=True)
+    test_sampler = ShardedEpochSampler(len(test_set), shuffle=False, rank=ctx.rank, world_size=ctx.world_size, pad=False)
+    return Data(
+        train_set, test_set, train_sampler,
+        make_loader(train_set, train_sampler, cfg.batch_size, cfg.num_workers, device, cfg.seed),
+        make_loader(test_set, test_sampler, cfg.test_batch_size, cfg.num_workers, device, cfg.seed),
+    )
+
+
+def build_model(cfg: TrainConfig, checkpoint: Optional[dict], ctx: DistributedContext) -> Tuple[nn.Module, dict]:
+    """The model (with the checkpoint's weights, if any) and the config it was built from.
+
+    A checkpoint that stores its ``model_config`` (ours do) is rebuilt from it; published weight files
+    carry none and use ``--model-config`` (and ``--N``).
+    """
+    model_config = get_config(cfg.model_config)
+    if cfg.N is not None:
+        model_config["N"] = cfg.N
+    if checkpoint is None:
+        return ICWEM(**model_config), model_config
+    state_dict, stored_config = split_checkpoint(checkpoint)
+    if stored_config is not None:
+        if stored_config != model_config and ctx.master:
+            print(f"note: using the model config stored in {cfg.checkpoint}, not the one from --model-config/--N")
+        model_config = dict(stored_config)
+    try:
+        model = model_from_state_dict(state_dict, model_config)
+    except UserError as exc:
+        raise UserError(f"{cfg.checkpoint}: {exc}") from None
+    return model, model_config
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
+    """The original's MultiStepLR (×0.1 at --lr_epoch), or a cosine decay over --epochs for a fixed budget."""
+    if cfg.lr_schedule == "cosine":
+        def factor(epoch: int) -> float:
+            progress = min(1.0, epoch / max(1, cfg.epochs))
+            return COSINE_FINAL_FACTOR + (1 - COSINE_FINAL_FACTOR) * 0.5 * (1 + math.cos(math.pi * progress))
+        return LambdaLR(optimizer, factor)
+    return MultiStepLR(optimizer, milestones=list(cfg.lr_epoch), gamma=0.1)
+
+
+def new_state(cfg: TrainConfig, model: nn.Module, model_config: dict) -> TrainState:
+    """A fresh run's state: both Adams, the schedule, and a gradient scaler that is live only for --amp fp16."""
+    optimizer, aux_optimizer = configure_optimizers(model, cfg.learning_rate, cfg.aux_learning_rate)
+    return TrainState(
+        model=model, model_config=model_config, optimizer=optimizer, aux_optimizer=aux_optimizer,
+        scheduler=make_scheduler(optimizer, cfg), scaler=torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16"),
+    )
+
+
+def autocast_for(cfg: TrainConfig) -> ContextManager:
+    """Mixed precision chosen once: CUDA autocast for --amp bf16/fp16, a context that does nothing otherwise."""
+    if cfg.amp == "none":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
+
+
+def distribute(model: nn.Module, criterion: RateDistortionLoss, cfg: TrainConfig, ctx: DistributedContext,
+               device: torch.device) -> nn.Module:
+    """Join the process group and wrap the model in DDP (one process per device); the model itself otherwise."""
+    init_process_group(ctx, device)
+    if not ctx.ddp:
+        return model
+    example = torch.rand(1, 3, *cfg.patch_size, generator=torch.Generator().manual_seed(0)).to(device)
+    unused = unused_parameters(model, criterion, example)
+    if unused and ctx.master:
+        print(f"note: {len(unused)} parameters get no gradient (e.g. {unused[0]}); DDP will look for them each step")
+    return wrap_ddp(model, ctx, device, find_unused=bool(unused))
