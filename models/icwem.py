@@ -39,6 +39,20 @@ def parameter_net(in_channels: int, hidden: Sequence[int], out_channels: int) ->
     )
 
 
+def bf16_native(device: str = "cpu") -> bool:
+    """Whether ``device`` computes bfloat16 natively: on a CPU, AVX512-BF16 or AMX (Linux
+    /proc/cpuinfo flags); on CUDA, ``torch.cuda.is_bf16_supported``. Elsewhere bf16 is emulated and
+    several times slower than float32, so ``ICWEM.bf16_transforms`` only pays where this is True."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
 def _clamp01(x: Tensor, straight_through: bool) -> Tensor:
     """Clamp to [0, 1]; with ``straight_through`` the gradient passes as if there were no clamp."""
     clamped = x.clamp(0, 1)
@@ -85,7 +99,7 @@ class ICWEM(CompressionModel):
     # image. Not part of the configuration: it changes no value beyond float rounding, no bitstream.
     tile: Optional[int] = None
     # Run the main transforms (enh, INN, g_a, g_s) in bfloat16 autocast outside autograd. Off by
-    # default: it pays only where the CPU computes bf16 natively (``bf16_native()``), and it changes
+    # default: it pays only where the CPU computes bf16 natively (:func:`bf16_native`), and it changes
     # x̂ and y by bf16 rounding (the entropy-parameter path stays float64, so files stay portable).
     bf16_transforms: bool = False
 
