@@ -40,6 +40,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     enc.add_argument("--quality", type=int, default=None,
                      help="shipped model's rate point, 1 (smallest files) to the highest (default: the middle one)")
     add_tile_argument(enc)
+    add_bf16_argument(enc)
     enc.set_defaults(run=encode)
     dec = commands.add_parser("decode", help=".icwem bitstream file -> PNG")
     dec.add_argument("input", help=".icwem file")
@@ -48,8 +49,26 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                            "(default: the shipped model whose fingerprint the file records)")
     add_tile_argument(dec)
     add_max_pixels_argument(dec, DEFAULT_MAX_PIXELS)
+    add_bf16_argument(dec)
     dec.set_defaults(run=decode)
     return p.parse_args(argv)
+
+
+def add_bf16_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bf16", choices=["off", "on", "auto"], default="off",
+                        help="main transforms in bfloat16 autocast (entropy parameters stay exact, files stay "
+                             "portable; pictures differ by bf16 rounding). auto: on where the CPU computes bf16 "
+                             "natively (AVX512-BF16 or AMX). Default off: its quality cost and speed-up are "
+                             "not yet measured on such a CPU")
+
+
+def apply_speed_options(model, args: argparse.Namespace) -> None:
+    """--tile and --bf16 onto a loaded model."""
+    from models import bf16_native
+
+    if args.tile is not None:
+        model.tile = args.tile
+    model.bf16_transforms = args.bf16 == "on" or (args.bf16 == "auto" and bf16_native())
 
 
 def encoder_checkpoint(args: argparse.Namespace) -> str:
@@ -87,8 +106,7 @@ def encode(args: argparse.Namespace) -> int:
     from utils.coding.codec import encode_image
 
     model = load_checkpoint(encoder_checkpoint(args))
-    if args.tile is not None:
-        model.tile = args.tile
+    apply_speed_options(model, args)
     bs, stats = encode_image(model, rgb)
     num_bytes = write_file(args.output, bs)
     print(
@@ -110,8 +128,7 @@ def decode(args: argparse.Namespace) -> int:
     from utils.metrics import bpp_from_bytes
 
     model = load_checkpoint(decoder_checkpoint(args, bs.fingerprint))
-    if args.tile is not None:
-        model.tile = args.tile
+    apply_speed_options(model, args)
     try:
         rgb, stats = decode_bitstream(model, bs, args.max_pixels)
     except UserError as exc:

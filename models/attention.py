@@ -109,8 +109,9 @@ class WindowAttention(nn.Module):
                     redone = F.scaled_dot_product_attention(pick(q), pick(k), pick(v), attn_mask=m).view(B, -1, heads, L, hd)
                     # In place only outside autograd: the attention backward may have saved ``o``.
                     o = o.index_copy_(1, local, redone) if not torch.is_grad_enabled() else o.index_copy(1, local, redone)
-            # Heads re-joined head-major (channel = head · head_dim + c) before the output projection.
-            out[:, start:stop] = o.transpose(2, 3).reshape(B, n, L, C)
+            # Heads re-joined head-major (channel = head · head_dim + c) before the output projection,
+            # written straight into ``out`` (one copy, not a reshaped temporary and then a second).
+            out[:, start:stop].view(B, n, L, heads, hd).copy_(o.transpose(2, 3))
         return self.linear(out)
 
     def _mask(self, H: int, W: int, device: torch.device, dtype: torch.dtype) -> Tuple[Optional[Tensor], Optional[Tensor]]:
@@ -191,12 +192,41 @@ class SwinBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.drop_path(self.msa(self.ln1(x)))
         B, H, W, C = x.shape
-        if torch.is_grad_enabled() or B * H * W <= MLP_CHUNK_TOKENS:
+        if torch.is_grad_enabled():
             return x + self.drop_path(self.mlp(self.ln2(x)))
+        if B * H * W <= MLP_CHUNK_TOKENS:
+            return x + self._mlp_inference(self.ln2(x))
         # Inference on a large map: bands of rows bound the hidden layer's memory. ``x`` is the fresh
         # result of the addition above, so updating it in place touches nobody else's tensor.
         rows = max(1, MLP_CHUNK_TOKENS // (B * W))
         for r in range(0, H, rows):
             band = x[:, r:r + rows]
-            band += self.mlp(self.ln2(band))
+            band += self._mlp_inference(self.ln2(band))
         return x
+
+    def _mlp_inference(self, t: Tensor) -> Tensor:
+        """The MLP outside autograd; on the CPU in float32 the first linear and its GELU run as one
+        oneDNN call (GELU as the matmul's post-op: the 4×-wide hidden layer is written once instead of
+        written, read and written again). Same values (GELU erf form, same product)."""
+        fc1, act, fc2 = self.mlp
+        if not _fused_gelu_ok(t, fc1.weight):
+            return self.mlp(t)
+        h = torch.ops.mkldnn._linear_pointwise(t.reshape(-1, t.shape[-1]), fc1.weight, fc1.bias, "gelu", [], "none")
+        return fc2(h).view(*t.shape[:-1], -1)
+
+
+def _fused_gelu_ok(t: Tensor, weight: Tensor) -> bool:
+    """Whether oneDNN's linear + GELU can replace Linear then GELU here (CPU, float32, no autocast)."""
+    return (
+        _FUSED_LINEAR_GELU
+        and t.device.type == "cpu"
+        and t.dtype == weight.dtype == torch.float32
+        and not torch.is_autocast_enabled("cpu")
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+    )
+
+
+# Switch for measuring what the fused linear + GELU buys (benchmarks) and for ruling it out if a
+# build lacks the op.
+_FUSED_LINEAR_GELU = hasattr(torch.ops.mkldnn, "_linear_pointwise")

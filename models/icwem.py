@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import replace
@@ -38,6 +39,20 @@ def parameter_net(in_channels: int, hidden: Sequence[int], out_channels: int) ->
         nn.GELU(),
         nn.Conv2d(hidden[1], out_channels, 3, padding=1),
     )
+
+
+def bf16_native(device: str = "cpu") -> bool:
+    """Whether ``device`` computes bfloat16 natively: on a CPU, AVX512-BF16 or AMX (Linux
+    /proc/cpuinfo flags); on CUDA, ``torch.cuda.is_bf16_supported``. Elsewhere bf16 is emulated and
+    several times slower than float32, so ``ICWEM.bf16_transforms`` only pays where this is True."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
 
 def _clamp01(x: Tensor, straight_through: bool) -> Tensor:
@@ -85,6 +100,10 @@ class ICWEM(CompressionModel):
     # rows (models/tiling.py); None: bands of about tiling.BAND_PIXELS pixels; 0: always the whole
     # image. Not part of the configuration: it changes no value beyond float rounding, no bitstream.
     tile: Optional[int] = None
+    # Run the main transforms (enh, INN, g_a, g_s) in bfloat16 autocast outside autograd. Off by
+    # default: it pays only where the CPU computes bf16 natively (:func:`bf16_native`), and it changes
+    # x̂ and y by bf16 rounding (the entropy-parameter path stays float64, so files stay portable).
+    bf16_transforms: bool = False
 
     def __init__(self, config: Optional[ModelConfig] = None, **overrides) -> None:
         """``ICWEM()`` is the published model; ``ICWEM(**get_config("tiny"))`` or ``ICWEM(N=64)`` override
@@ -165,21 +184,36 @@ class ICWEM(CompressionModel):
         """x → y: feature attention, INN, then g_a (streamed in row bands, see ``tile``)."""
         self._check_size(x)
         rows = self._band_rows(*x.shape[-2:])
-        if rows:
-            return stream_rows(analysis_stages(self), x, rows)
-        return self.g_a(self.inv(self.enh.forw_enh(x)))
+        with self._transform_precision(x):
+            if rows:
+                y = stream_rows(analysis_stages(self), x, rows)
+            else:
+                y = self.g_a(self.inv(self.enh.forw_enh(x)))
+        return y.to(x.dtype) if self._bf16_active() else y
 
     def synthesis(self, y_hat: Tensor, clamp: bool = False) -> Tensor:
         """ŷ → x̂: g_s, INN reverse, feature attention. ``clamp`` reproduces the decoder's two clamps."""
         f = self.downsampling_factor // 4  # image pixels per pixel of y (16)
         rows = self._band_rows(y_hat.shape[-2] * f, y_hat.shape[-1] * f)
-        if rows:
-            return stream_rows(synthesis_stages(self, clamp), y_hat, rows, unit=f)
-        x = self.g_s(y_hat)
-        if clamp:
-            x = x.clamp(0, 1)
-        x = self.enh.back_enh(self.inv.reverse(x))
+        with self._transform_precision(y_hat):
+            if rows:
+                x = stream_rows(synthesis_stages(self, clamp), y_hat, rows, unit=f)
+                return x.to(y_hat.dtype) if self._bf16_active() else x
+            x = self.g_s(y_hat)
+            if clamp:
+                x = x.clamp(0, 1)
+            x = self.enh.back_enh(self.inv.reverse(x))
+        x = x.to(y_hat.dtype) if self._bf16_active() else x
         return x.clamp(0, 1) if clamp else x
+
+    def _bf16_active(self) -> bool:
+        return self.bf16_transforms and not torch.is_grad_enabled()
+
+    def _transform_precision(self, t: Tensor) -> contextlib.AbstractContextManager:
+        """bf16 autocast for the main transforms when ``bf16_transforms`` is set and autograd is off."""
+        if self._bf16_active():
+            return torch.autocast(t.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def hyper_synthesis(self, z_hat: Tensor) -> Tuple[Tensor, Tensor]:
         return self.h_mean_s(z_hat), self.h_scale_s(z_hat)

@@ -1,0 +1,83 @@
+"""What the CPU can do, measured in the run that quotes it: model name, SIMD flags, fp32 and bf16 matmul
+rates, and the cores' theoretical fp32 FMA peak (so a timing can be read against a floor)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Dict, Set
+
+import torch
+
+
+def cpu_info() -> Dict[str, object]:
+    """Model name, vendor, core count, nominal clock (MHz) and the feature flags from /proc/cpuinfo."""
+    info: Dict[str, object] = {"model": "unknown CPU", "vendor": "", "mhz": float("nan"), "flags": set()}
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "model name" and info["model"] == "unknown CPU":
+            info["model"] = value
+        elif key == "vendor_id":
+            info["vendor"] = value
+        elif key == "cpu MHz" and info["mhz"] != info["mhz"]:
+            info["mhz"] = float(value)
+        elif key == "flags" and not info["flags"]:
+            info["flags"] = set(value.split())
+    return info
+
+
+def has_bf16(flags: Set[str]) -> bool:
+    """True where the CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def fp32_peak_gflops(info: Dict[str, object], threads: int) -> float:
+    """Theoretical fp32 FMA peak of ``threads`` cores at the nominal clock.
+
+    Per cycle: 2 FMA pipes × 2 FLOP × fp32 lanes. Lanes are 16 for AVX-512 on Intel; AMD Zen 4 runs
+    AVX-512 on 256-bit pipes, so 8 there as for AVX2; 4 for SSE only. The clock is /proc/cpuinfo's
+    (nominal; turbo makes the real peak higher, a VM may report the host's base clock)."""
+    flags: Set[str] = info["flags"]  # type: ignore[assignment]
+    if "avx512f" in flags and info["vendor"] == "GenuineIntel":
+        lanes = 16
+    elif "fma" in flags or "avx2" in flags:
+        lanes = 8
+    else:
+        lanes = 4
+    return threads * float(info["mhz"]) / 1e3 * 2 * 2 * lanes
+
+
+def matmul_rate(dtype: torch.dtype, n: int = 2048, runs: int = 5) -> float:
+    """Achieved GFLOP/s of an n×n matrix product in ``dtype`` (median of ``runs`` after a warm-up)."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    a @ b
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def describe(threads: int) -> Dict[str, object]:
+    """Everything a results table needs about the machine, measured now."""
+    info = cpu_info()
+    torch.set_num_threads(threads)
+    flags: Set[str] = info["flags"]  # type: ignore[assignment]
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return {
+        "cpu": info["model"],
+        "threads": threads,
+        "simd": " ".join(simd),
+        "native_bf16": has_bf16(flags),
+        "fp32_gflops": matmul_rate(torch.float32),
+        # Emulated bf16 (no native support) runs at ~1 GFLOP/s: a 512² product says as much in 0.3 s.
+        "bf16_gflops": matmul_rate(torch.bfloat16, *((2048, 5) if has_bf16(flags) else (512, 1))),
+        "bf16_n": 2048 if has_bf16(flags) else 512,
+        "peak_fp32_gflops": fp32_peak_gflops(info, threads),
+        "mhz": info["mhz"],
+    }
