@@ -18,9 +18,12 @@ from torch import Tensor
 from .blocks import SWAtten, tcb_stage
 from .enhance import EnhModule
 from .inn import InvertibleNetwork
-from .portable import PORTABLE_DTYPE, coder_check, legacy_coders, parameter_nets, scale_indexes, update_tables, z_symbols
+from .portable import PORTABLE_DTYPE, _Native, coder_check, legacy_coders, parameter_nets, scale_indexes, update_tables, z_symbols
 from .rans_guard import guarded
-from .tiling import analysis_stages, band_rows, stream_rows, synthesis_stages
+from .tiling import (
+    analysis_stages, band_rows, hyper_stages, latent_band_rows, parameter_net_stages, stream_rows, swatten_stages,
+    synthesis_stages,
+)
 
 # Buffers that update() derives from the parameters; left out of the fingerprint so that it does not
 # depend on whether update() has run.
@@ -83,6 +86,9 @@ class ICWEM(CompressionModel):
     # rows (models/tiling.py); None: bands of about tiling.BAND_PIXELS pixels; 0: always the whole
     # image. Not part of the configuration: it changes no value beyond float rounding, no bitstream.
     tile: Optional[int] = None
+    # The entropy-parameter networks (h_*_s, SWAtten, mean / scale / LRP) stream over bands of this many
+    # latent rows; None: about tiling.LATENT_BAND_PIXELS latent pixels (0 whenever ``tile`` is 0).
+    latent_tile: Optional[int] = None
 
     def __init__(
         self,
@@ -202,6 +208,37 @@ class ICWEM(CompressionModel):
     def hyper_synthesis(self, z_hat: Tensor) -> Tuple[Tensor, Tensor]:
         return self.h_mean_s(z_hat), self.h_scale_s(z_hat)
 
+    def _latent_rows(self, height: int, width: int) -> int:
+        """Latent rows per band of the entropy-parameter networks; 0: whole (autograd, or one band)."""
+        rows = self.latent_tile if self.latent_tile is not None else latent_band_rows(self.tile, width)
+        return rows if 0 < rows < height and not torch.is_grad_enabled() else 0
+
+    def _hyper(self, nets: nn.Module, z_hat: Tensor) -> Tuple[Tensor, Tensor]:
+        """``nets.hyper_synthesis(ẑ)``, streamed over latent rows for a large latent (same values)."""
+        f = 4  # latent rows per row of z
+        rows = self._latent_rows(z_hat.shape[-2] * f, z_hat.shape[-1] * f)
+        if not rows:
+            return nets.hyper_synthesis(z_hat)
+        return tuple(stream_rows(hyper_stages(h), z_hat, rows, unit=f) for h in (nets.h_mean_s, nets.h_scale_s))
+
+    @staticmethod
+    def _apply(nets: Sequence[nn.Module], inputs: Sequence[Tensor], rows: int) -> Tensor:
+        """The networks ``nets`` in sequence on the channel concatenation of ``inputs``; with ``rows``,
+        streamed over bands of that many latent rows (models/tiling.py), so that their inner maps
+        exist one band at a time and equal the whole latent's to float rounding."""
+        if not rows:
+            x = inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=1)
+            for net in nets:
+                x = net(x)
+            return x
+        native = isinstance(nets[0], _Native)  # the last slice's mean side: the model's own networks
+        stages = []
+        for net in nets:
+            net = net.net if native else net
+            stages += swatten_stages(net) if isinstance(net[0], SWAtten) else parameter_net_stages(net)
+        out = stream_rows(stages, [nets[0].inward(t) for t in inputs] if native else inputs, rows)
+        return nets[0].outward(out) if native else out
+
     def _code_slices(
         self,
         latent_means: Tensor,
@@ -220,17 +257,18 @@ class ICWEM(CompressionModel):
         """
         nets = self if nets is None else nets
         H, W = y_hw
+        rows = self._latent_rows(H, W)
         y_hat_slices: List[Tensor] = []
         means: List[Tensor] = []
         scales: List[Tensor] = []
         for i in range(self.num_slices):
             support = y_hat_slices[: self._num_support(i)]
-            mean_in = nets.atten_mean[i](torch.cat([latent_means, *support], dim=1))
-            mu = nets.cc_mean_transforms[i](mean_in)[:, :, :H, :W]
-            scale_in = nets.atten_scale[i](torch.cat([latent_scales, *support], dim=1))
-            sigma = nets.cc_scale_transforms[i](scale_in)[:, :, :H, :W]
+            mean_in = self._apply([nets.atten_mean[i]], [latent_means, *support], rows)
+            mu = self._apply([nets.cc_mean_transforms[i]], [mean_in], rows)[:, :, :H, :W]
+            sigma = self._apply([nets.atten_scale[i], nets.cc_scale_transforms[i]], [latent_scales, *support], rows)
+            sigma = sigma[:, :, :H, :W]
             y_hat_i = quantize(i, mu, sigma)
-            lrp = nets.lrp_transforms[i](torch.cat([mean_in, y_hat_i], dim=1))
+            lrp = self._apply([nets.lrp_transforms[i]], [mean_in, y_hat_i], rows)
             y_hat_slices.append(y_hat_i + 0.5 * torch.tanh(lrp))
             means.append(mu)
             scales.append(sigma)
@@ -318,14 +356,14 @@ class ICWEM(CompressionModel):
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
         nets, z_in = self._parameter_path(z_hat)
-        latent_means, latent_scales = nets.hyper_synthesis(z_in)
+        latent_means, latent_scales = self._hyper(nets, z_in)
 
-        y_slices = y.to(z_in.device, z_in.dtype).chunk(self.num_slices, dim=1)
+        y_slices = y.chunk(self.num_slices, dim=1)  # each made float64 when coded, not the whole latent
         symbols: List[Tensor] = []
         indexes: List[Tensor] = []
 
         def record_slice(i: int, mu: Tensor, sigma: Tensor) -> Tensor:
-            q = self.gaussian_conditional.quantize(y_slices[i], "symbols", mu)
+            q = self.gaussian_conditional.quantize(y_slices[i].to(mu.device, mu.dtype), "symbols", mu)
             symbols.append(q)
             indexes.append(scale_indexes(sigma))
             return self.gaussian_conditional.dequantize(q, mu)
@@ -369,7 +407,7 @@ class ICWEM(CompressionModel):
         y_count = self.config["M"] * y_hw[0] * y_hw[1]
         z_hat = eb.decompress([guarded(s, z_count, "z") for s in z_strings], (z_h, z_w))
         nets, z_in = (self, z_hat) if legacy else self._parameter_path(z_hat)
-        latent_means, latent_scales = nets.hyper_synthesis(z_in)
+        latent_means, latent_scales = self._hyper(nets, z_in)
 
         decoders = []
         for s in y_strings:

@@ -100,10 +100,20 @@ class _Native(nn.Module):
         super().__init__()
         self._net = [net]
 
+    @property
+    def net(self) -> nn.Module:
+        return self._net[0]
+
+    def inward(self, x: Tensor) -> Tensor:
+        weight = next(self.net.parameters())
+        return x.to(weight.device, weight.dtype)
+
+    @staticmethod
+    def outward(x: Tensor) -> Tensor:
+        return x.to("cpu", PORTABLE_DTYPE)
+
     def forward(self, x: Tensor) -> Tensor:
-        net = self._net[0]
-        weight = next(net.parameters())
-        return net(x.to(weight.device, weight.dtype)).to("cpu", PORTABLE_DTYPE)
+        return self.outward(self.net(self.inward(x)))
 
 
 _NETS: "weakref.WeakKeyDictionary[nn.Module, Tuple[tuple, ParameterNets]]" = weakref.WeakKeyDictionary()
