@@ -2,7 +2,8 @@
 
     python benchmarks/portability.py decodes   # encode in one setup, decode in every other: counts, max differences
     python benchmarks/portability.py sigma     # how far σ and μ move across setups, float32 vs float64; boundary distances
-    python benchmarks/portability.py cost      # encode/decode time, original float32 coding vs the portable path
+    python benchmarks/portability.py cost      # encode/decode time, original float32 coding vs the portable path,
+                                               # and the entropy-parameter path alone, float32 vs float64 variants
     python benchmarks/portability.py moved     # symbols and indexes the portable encoder codes differently from the original
 
 A *setup* is one process with its own intra-op thread count (1 or 2), oneDNN on or off, and
@@ -161,14 +162,16 @@ def _decode_files(job: dict) -> List[dict]:
 def _sigma_job(job: dict) -> dict:
     """σ and μ of the encoder's fixed symbols (teacher-forced), through float32 and through float64."""
     from models import load_checkpoint
-    from models.portable import parameter_nets
+    from models.portable import ParameterNets
 
     out = {}
     for m, checkpoint in enumerate(job["models"]):
         model = load_checkpoint(checkpoint)
+        # Every network in float64 here, the last slice's mean side too: this compares precisions.
+        everything64 = ParameterNets(model, native_last_mean=False)
         for p in range(len(job["photos"])):
             fixed = torch.load(Path(job["dir"]) / f"fixed-m{m}-p{p}.pt", weights_only=True)
-            for dtype, nets in (("float32", model), ("float64", parameter_nets(model))):
+            for dtype, nets in (("float32", model), ("float64", everything64)):
                 z_hat = fixed["z_hat"].to(torch.float64 if dtype == "float64" else torch.float32)
                 symbols = fixed["symbols"]
 
