@@ -222,7 +222,7 @@ class ICWEM(CompressionModel):
         return tuple(stream_rows(hyper_stages(h), z_hat, rows, unit=f) for h in (nets.h_mean_s, nets.h_scale_s))
 
     @staticmethod
-    def _apply(nets: Sequence[nn.Module], inputs: Sequence[Tensor], rows: int) -> Tensor:
+    def _run_nets(nets: Sequence[nn.Module], inputs: Sequence[Tensor], rows: int) -> Tensor:
         """The networks ``nets`` in sequence on the channel concatenation of ``inputs``; with ``rows``,
         streamed over bands of that many latent rows (models/tiling.py), so that their inner maps
         exist one band at a time and equal the whole latent's to float rounding."""
@@ -263,12 +263,12 @@ class ICWEM(CompressionModel):
         scales: List[Tensor] = []
         for i in range(self.num_slices):
             support = y_hat_slices[: self._num_support(i)]
-            mean_in = self._apply([nets.atten_mean[i]], [latent_means, *support], rows)
-            mu = self._apply([nets.cc_mean_transforms[i]], [mean_in], rows)[:, :, :H, :W]
-            sigma = self._apply([nets.atten_scale[i], nets.cc_scale_transforms[i]], [latent_scales, *support], rows)
+            mean_in = self._run_nets([nets.atten_mean[i]], [latent_means, *support], rows)
+            mu = self._run_nets([nets.cc_mean_transforms[i]], [mean_in], rows)[:, :, :H, :W]
+            sigma = self._run_nets([nets.atten_scale[i], nets.cc_scale_transforms[i]], [latent_scales, *support], rows)
             sigma = sigma[:, :, :H, :W]
             y_hat_i = quantize(i, mu, sigma)
-            lrp = self._apply([nets.lrp_transforms[i]], [mean_in, y_hat_i], rows)
+            lrp = self._run_nets([nets.lrp_transforms[i]], [mean_in, y_hat_i], rows)
             y_hat_slices.append(y_hat_i + 0.5 * torch.tanh(lrp))
             means.append(mu)
             scales.append(sigma)
