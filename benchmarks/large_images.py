@@ -215,7 +215,7 @@ def entropy_path(model, width: int, height: int, latent_tile: Optional[int]) -> 
     start, cpu = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         nets, z_in = model._parameter_path(z_hat)
-        model._code_slices(*model._hyper(nets, z_in), (y_h, y_w), round_slice, nets)
+        model._code_slices(*model._hyper(nets, z_in), (y_h, y_w), round_slice, nets, keep_parameters=False)
         rows = model._latent_rows(y_h, y_w)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20

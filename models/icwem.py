@@ -246,8 +246,11 @@ class ICWEM(CompressionModel):
         y_hw: Tuple[int, int],
         quantize: Callable[[int, Tensor, Tensor], Tensor],
         nets: Optional[nn.Module] = None,
-    ) -> Tuple[Tensor, Tensor, Tensor]:
-        """Run the channel-wise entropy model over all slices; returns ŷ, μ and σ (slices concatenated).
+        keep_parameters: bool = True,
+    ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        """Run the channel-wise entropy model over all slices; returns ŷ, μ and σ (slices concatenated;
+        μ and σ are None without ``keep_parameters``: coding needs neither once a slice is coded, and
+        on a large latent they would be two more whole-latent float64 maps).
 
         ``quantize(i, μ_i, σ_i)`` returns the quantised slice ŷ_i (before LRP). It is the only part
         that differs between the forward pass (rounding with likelihoods), compress (symbols to the
@@ -270,8 +273,12 @@ class ICWEM(CompressionModel):
             y_hat_i = quantize(i, mu, sigma)
             lrp = self._run_nets([nets.lrp_transforms[i]], [mean_in, y_hat_i], rows)
             y_hat_slices.append(y_hat_i + 0.5 * torch.tanh(lrp))
-            means.append(mu)
-            scales.append(sigma)
+            if keep_parameters:
+                means.append(mu)
+                scales.append(sigma)
+            del mean_in, mu, sigma, y_hat_i, lrp
+        if not keep_parameters:
+            return torch.cat(y_hat_slices, dim=1), None, None
         return torch.cat(y_hat_slices, dim=1), torch.cat(means, dim=1), torch.cat(scales, dim=1)
 
     def _check_size(self, x: Tensor) -> None:
@@ -368,7 +375,7 @@ class ICWEM(CompressionModel):
             indexes.append(scale_indexes(sigma))
             return self.gaussian_conditional.dequantize(q, mu)
 
-        y_hat, _, _ = self._code_slices(latent_means, latent_scales, y.shape[-2:], record_slice, nets)
+        y_hat, _, _ = self._code_slices(latent_means, latent_scales, y.shape[-2:], record_slice, nets, False)
         y_hat = y_hat.to(z_hat.device, z_hat.dtype)
 
         y_strings = []
@@ -428,7 +435,7 @@ class ICWEM(CompressionModel):
             indexes.append(index)
             return self.gaussian_conditional.dequantize(q, mu)
 
-        y_hat, _, _ = self._code_slices(latent_means, latent_scales, y_hw, decode_slice, nets)
+        y_hat, _, _ = self._code_slices(latent_means, latent_scales, y_hw, decode_slice, nets, False)
         y_hat = y_hat.to(z_hat.device, z_hat.dtype)
         z_q = z_symbols(self.entropy_bottleneck, z_hat)
         checks = [coder_check(z_q[b], [s[b] for s in symbols], [t[b] for t in indexes]) for b in range(len(y_strings))]
