@@ -221,14 +221,12 @@ def test_default_bands_hold_about_the_same_pixels_at_any_width(tiny_checkpoint):
 
 
 # ------------------------------------------------------------------------- the entropy-parameter path
-def _parameters(model, image, latent_tile: int):
+def _parameters(model, latents, latent_tile: int):
     """ẑ's hyper-synthesis and every slice's ŷ, μ, σ through the portable path, with the encoder's
     symbols (teacher-forced, so band heights are compared on the same inputs)."""
+    y, z_hat = latents
     model.latent_tile = latent_tile
     with torch.inference_mode():
-        y = model.analysis(image)
-        z = model.h_a(y)
-        z_hat = model.entropy_bottleneck.decompress(model.entropy_bottleneck.compress(z), z.shape[-2:])
         nets, z_in = model._parameter_path(z_hat)
         slices = y.double().chunk(model.num_slices, dim=1)
         hyper = model._hyper(nets, z_in)
@@ -240,20 +238,23 @@ def test_entropy_parameter_bands_equal_the_whole_latent(tiny_model, image):
     """Bands of 1..13 latent rows (the 20-row latent cut at every row of SWAtten's 8-row windows and
     their shift): float64 σ and μ equal the whole latent's to float64 rounding, so the indexes and the
     bitstream do not depend on the band height."""
-    whole = _parameters(tiny_model, image, 0)
     with torch.inference_mode():
+        y = tiny_model.analysis(image)
+        z = tiny_model.h_a(y)
+        z_hat = tiny_model.entropy_bottleneck.decompress(tiny_model.entropy_bottleneck.compress(z), z.shape[-2:])
         strings = tiny_model.compress(image)["strings"]
+    whole = _parameters(tiny_model, (y, z_hat), 0)
     slice_ch = whole[3].shape[1] // tiny_model.num_slices
     for rows in (1, 3, 4, 8, 13):
-        banded = _parameters(tiny_model, image, rows)
+        banded = _parameters(tiny_model, (y, z_hat), rows)
         for name, a, b in zip(("means", "scales"), whole[:2], banded[:2]):
             assert (a - b).abs().max() <= 1e-12, (rows, name)
         assert (whole[4] - banded[4]).abs().max() <= 1e-12 * whole[4].abs().max(), rows  # σ
         # μ in float64 but the last slice's (the model's own precision: it decides no index)
         assert (whole[3] - banded[3])[:, :-slice_ch].abs().max() <= 1e-12, rows
         assert (whole[3] - banded[3]).abs().max() <= TOLERANCE, rows
-        with torch.inference_mode():
-            assert tiny_model.compress(image)["strings"] == strings, rows
+    with torch.inference_mode():
+        assert tiny_model.compress(image)["strings"] == strings  # at the last band height, 13 rows
 
 
 def test_a_file_coded_with_latent_bands_decodes_whole_and_the_reverse(tiny_model, image):
