@@ -27,6 +27,12 @@ its encode column is not a measurement of encoding.
 it computes over the rows of its output map, weighted by the stage's FLOPs per row (counted with
 ``torch.utils.flop_counter`` on a 256×256 image).
 
+``--entropy`` measures the entropy-parameter path alone (ẑ's hyper-synthesis, then every slice's
+SWAtten and mean / scale / LRP networks, portable float64, rounding in place of the coder) on a random
+latent of 1/16 of each size, streamed over latent rows (``--latent-tile`` rows, or the model's automatic
+bands) and whole: its peak resident memory, the process's memory before it (model and float64 copy),
+and seconds. Heights growing at a fixed width show whether memory grows with the area or the width.
+
 ``--compare`` instead codes each image both ways in one process: are the y and z strings identical,
 how far apart are the decoded pictures before 8-bit rounding, and their PSNR against the input
 (bands of ``--tile`` rows, 128 if not given, so that small images are streamed too).
@@ -73,6 +79,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--log", type=Path, help="append each measurement as a JSON line to this file")
     p.add_argument("--compare", action="store_true", help="tiled vs whole: bitstreams and decoded pictures")
     p.add_argument("--overhead", action="store_true", help="FLOPs the bands repeat (no model run)")
+    p.add_argument("--entropy", action="store_true", help="the entropy-parameter path alone: peak memory, seconds")
+    p.add_argument("--latent-tile", type=int, default=None, help="latent rows per band of the entropy path (--entropy)")
     p.add_argument("--synthetic-latent", action="store_true",
                    help="encode a latent made from the pooled picture instead of running the analysis "
                         "(only the decode is then a real measurement)")
@@ -177,6 +185,44 @@ def overhead(config: str, size: tuple, tile: Optional[int]) -> dict:
     return result
 
 
+def _rss_gib() -> float:
+    """This process's resident memory now (VmRSS)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def entropy_path(model, width: int, height: int, latent_tile: Optional[int]) -> dict:
+    """Peak memory and seconds of the portable entropy-parameter path on a random latent of a
+    ``width``×``height`` image (``latent_tile``: 0 whole, None automatic bands, else rows per band)."""
+    import torch
+
+    from models.portable import parameter_nets, scale_indexes
+
+    model.latent_tile = latent_tile
+    y_h, y_w = -(-height // 64) * 4, -(-width // 64) * 4
+    y = 4 * torch.randn(1, model.config["M"], y_h, y_w)
+    z_hat = torch.round(3 * torch.randn(1, model.config["Z"], y_h // 4, y_w // 4))
+    parameter_nets(model)  # built before the baseline: it belongs to the model, not to the path
+    before = _rss_gib()
+    slices = y.chunk(model.num_slices, dim=1)
+
+    def round_slice(i: int, mu, sigma):
+        scale_indexes(sigma)
+        return torch.round(slices[i].to(mu.dtype) - mu) + mu
+
+    start, cpu = time.perf_counter(), time.process_time()
+    with torch.inference_mode():
+        nets, z_in = model._parameter_path(z_hat)
+        model._code_slices(*model._hyper(nets, z_in), (y_h, y_w), round_slice, nets, keep_parameters=False)
+        rows = model._latent_rows(y_h, y_w)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"latent": f"{y_w}x{y_h}", "rows": rows, "seconds": seconds, "cpu_seconds": cpu, "before_gib": before,
+            "peak_gib": peak}
+
+
 def _log_bands(path: str) -> None:
     """Append a line per band of the first streamed stage to ``path`` (wall s, CPU s, its input
     rows), so that a run stopped before the end still shows how far it got and at what rate."""
@@ -218,6 +264,9 @@ def _worker(args: argparse.Namespace) -> None:
     model.tile = tile
     if op == "compare":
         print(json.dumps(_compare(model, _photo(width, height), tile)))
+        return
+    if op == "entropy":
+        print(json.dumps(entropy_path(model, width, height, tile)))
         return
     if op == "encode-latent":
         # The coder on a latent made cheaply from the picture (pooled to 1/16, random channel mix):
@@ -282,6 +331,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             result = overhead(args.config, size, tile)
             print(f"{size[0]}x{size[1]}: bands of {result['rows']} rows repeat {100 * result['analysis']:.1f} % of the "
                   f"analysis FLOPs and {100 * result['synthesis']:.1f} % of the synthesis FLOPs", flush=True)
+        return 0
+    if args.entropy:
+        print("entropy-parameter path alone (portable, float64): peak resident memory, memory before it, seconds")
+        print(f"{'size':>10} {'latent':>9} {'rows':>5} {'peak GiB':>9} {'before GiB':>10} {'path GiB':>9} {'s':>7}")
+        for size in args.sizes:
+            for mode in args.modes:
+                result = _run(args, "entropy", size, args.latent_tile if mode == "tiled" else 0, "-")
+                if "error" in result:
+                    print(f"{size[0]}x{size[1]} {mode}: error {result['error']}", flush=True)
+                    continue
+                print(f"{size[0]}x{size[1]:<5} {result['latent']:>9} {result['rows']:>5} {result['peak_gib']:>9.2f} "
+                      f"{result['before_gib']:>10.2f} {result['peak_gib'] - result['before_gib']:>9.2f} "
+                      f"{result['seconds']:>7.1f}", flush=True)
+                if args.log is not None:
+                    with args.log.open("a") as f:
+                        f.write(json.dumps({"size": f"{size[0]}x{size[1]}", "mode": mode, **result}) + "\n")
         return 0
     if args.compare:
         for size in args.sizes:

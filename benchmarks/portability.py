@@ -2,7 +2,8 @@
 
     python benchmarks/portability.py decodes   # encode in one setup, decode in every other: counts, max differences
     python benchmarks/portability.py sigma     # how far σ and μ move across setups, float32 vs float64; boundary distances
-    python benchmarks/portability.py cost      # encode/decode time, original float32 coding vs the portable path
+    python benchmarks/portability.py cost      # encode/decode time, original float32 coding vs the portable path,
+                                               # and the entropy-parameter path alone, float32 vs float64 variants
     python benchmarks/portability.py moved     # symbols and indexes the portable encoder codes differently from the original
 
 A *setup* is one process with its own intra-op thread count (1 or 2), oneDNN on or off, and
@@ -161,14 +162,16 @@ def _decode_files(job: dict) -> List[dict]:
 def _sigma_job(job: dict) -> dict:
     """σ and μ of the encoder's fixed symbols (teacher-forced), through float32 and through float64."""
     from models import load_checkpoint
-    from models.portable import parameter_nets
+    from models.portable import ParameterNets
 
     out = {}
     for m, checkpoint in enumerate(job["models"]):
         model = load_checkpoint(checkpoint)
+        # Every network in float64 here, the last slice's mean side too: this compares precisions.
+        everything64 = ParameterNets(model, native_last_mean=False)
         for p in range(len(job["photos"])):
             fixed = torch.load(Path(job["dir"]) / f"fixed-m{m}-p{p}.pt", weights_only=True)
-            for dtype, nets in (("float32", model), ("float64", parameter_nets(model))):
+            for dtype, nets in (("float32", model), ("float64", everything64)):
                 z_hat = fixed["z_hat"].to(torch.float64 if dtype == "float64" else torch.float32)
                 symbols = fixed["symbols"]
 
@@ -356,10 +359,47 @@ def moved(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- cost
+def _parameter_path_seconds(model, nets, z_hat: torch.Tensor, y: torch.Tensor) -> float:
+    """Seconds of the entropy-parameter path alone (hyper-synthesis, then every slice's networks),
+    with plain rounding in place of the coder."""
+    dtype = next(p.dtype for p in nets.parameters())
+    y_slices = y.to(dtype).chunk(model.num_slices, dim=1)
+
+    def round_slice(i: int, mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return torch.round(y_slices[i] - mu) + mu
+
+    start = time.perf_counter()
+    latent_means, latent_scales = nets.hyper_synthesis(z_hat.to(dtype))
+    model._code_slices(latent_means, latent_scales, tuple(y.shape[-2:]), round_slice, nets)
+    return time.perf_counter() - start
+
+
+def _time_coding(model, x: torch.Tensor, runs: int, warm: torch.Tensor) -> Dict[Tuple[bool, str], List[float]]:
+    """compress and decompress, float32 and portable interleaved, ``runs`` times each (after a warm-up
+    of both paths on the small picture ``warm``)."""
+    times: Dict[Tuple[bool, str], List[float]] = {}
+    for run in range(runs + 1):
+        for portable in (False, True):
+            model.portable_coding = portable
+            picture = x if run else warm
+            start = time.perf_counter()
+            enc = model.compress(picture)
+            middle = time.perf_counter()
+            dec = model.decompress(enc["strings"], enc["shape"])
+            end = time.perf_counter()
+            assert dec["checks"] == enc["checks"]
+            if run:
+                times.setdefault((portable, "encode"), []).append(middle - start)
+                times.setdefault((portable, "decode"), []).append(end - middle)
+    model.portable_coding = True
+    return times
+
+
 def cost(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from models import ICWEM, get_config
+    from models.portable import ParameterNets
     from tests.conftest import photo
     from utils.image_io import to_tensor
 
@@ -370,25 +410,30 @@ def cost(args: argparse.Namespace) -> int:
     model = ICWEM(**get_config(args.config)).eval()
     model.update(force=True)
     x = to_tensor(rgb)
-    times: Dict[Tuple[bool, str], List[float]] = {}
+    f = model.downsampling_factor
     with torch.inference_mode():
-        for run in range(args.runs + 1):  # the first run of each path is a warm-up
-            for portable in (False, True):
-                model.portable_coding = portable
-                start = time.perf_counter()
-                enc = model.compress(x)
-                middle = time.perf_counter()
-                dec = model.decompress(enc["strings"], enc["shape"])
-                end = time.perf_counter()
-                assert dec["checks"] == enc["checks"]
+        y = model.analysis(x)
+        z = model.h_a(y)
+        z_hat = model.entropy_bottleneck.decompress(model.entropy_bottleneck.compress(z), z.shape[-2:])
+        variants = {"float32 (original)": model, "float64, every network": ParameterNets(model, native_last_mean=False),
+                    "float64 but the last mean side": ParameterNets(model)}
+        path: Dict[str, List[float]] = {}
+        for run in range(args.runs + 1):
+            for name, nets in variants.items():
+                seconds = _parameter_path_seconds(model, nets, z_hat, y)
                 if run:
-                    times.setdefault((portable, "encode"), []).append(middle - start)
-                    times.setdefault((portable, "decode"), []).append(end - middle)
+                    path.setdefault(name, []).append(seconds)
+        times = {} if args.path_only else _time_coding(model, x, args.runs, x[..., :f, :f])
     print(f"ICWEM {args.config}, {width}x{height}, {args.threads} thread(s), median of {args.runs} runs (seconds)")
-    print(f"{'':8} {'float32 (original)':>19} {'portable':>10} {'ratio':>7}")
-    for phase in ("encode", "decode"):
-        base, port = statistics.median(times[(False, phase)]), statistics.median(times[(True, phase)])
-        print(f"{phase:8} {base:19.2f} {port:10.2f} {port / base:7.3f}")
+    print("entropy-parameter path alone (hyper-synthesis + slice networks):")
+    base = statistics.median(path["float32 (original)"])
+    for name, values in path.items():
+        print(f"  {name:32} {statistics.median(values):8.2f}  x{statistics.median(values) / base:.3f}")
+    if times:
+        print(f"{'':8} {'float32 (original)':>19} {'portable':>10} {'ratio':>7}")
+        for phase in ("encode", "decode"):
+            base, port = statistics.median(times[(False, phase)]), statistics.median(times[(True, phase)])
+            print(f"{phase:8} {base:19.2f} {port:10.2f} {port / base:7.3f}")
     return 0
 
 
@@ -409,6 +454,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     c.add_argument("--size", default="768x512", help="WIDTHxHEIGHT")
     c.add_argument("--runs", type=int, default=3)
     c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--path-only", action="store_true", help="time the entropy-parameter path alone, not coding")
     c.set_defaults(run=cost)
     w = commands.add_parser("_worker")
     w.add_argument("job")

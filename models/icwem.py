@@ -21,9 +21,12 @@ from .blocks import SWAtten, tcb_stage
 from .config import ModelConfig
 from .enhance import EnhModule
 from .inn import InvertibleNetwork
-from .portable import PORTABLE_DTYPE, coder_check, legacy_coders, parameter_nets, scale_indexes, update_tables, z_symbols
+from .portable import PORTABLE_DTYPE, _Native, coder_check, legacy_coders, parameter_nets, scale_indexes, update_tables, z_symbols
 from .rans_guard import guarded
-from .tiling import analysis_stages, band_rows, stream_rows, synthesis_stages
+from .tiling import (
+    analysis_stages, band_rows, hyper_stages, latent_band_rows, parameter_net_stages, stream_rows, swatten_stages,
+    synthesis_stages,
+)
 
 # Buffers that update() derives from the parameters; left out of the fingerprint so that it does not
 # depend on whether update() has run.
@@ -104,6 +107,9 @@ class ICWEM(CompressionModel):
     # default: it pays only where the CPU computes bf16 natively (:func:`bf16_native`), and it changes
     # x̂ and y by bf16 rounding (the entropy-parameter path stays float64, so files stay portable).
     bf16_transforms: bool = False
+    # The entropy-parameter networks (h_*_s, SWAtten, mean / scale / LRP) stream over bands of this many
+    # latent rows; None: about tiling.LATENT_BAND_PIXELS latent pixels (0 whenever ``tile`` is 0).
+    latent_tile: Optional[int] = None
 
     def __init__(self, config: Optional[ModelConfig] = None, **overrides) -> None:
         """``ICWEM()`` is the published model; ``ICWEM(**get_config("tiny"))`` or ``ICWEM(N=64)`` override
@@ -218,6 +224,37 @@ class ICWEM(CompressionModel):
     def hyper_synthesis(self, z_hat: Tensor) -> Tuple[Tensor, Tensor]:
         return self.h_mean_s(z_hat), self.h_scale_s(z_hat)
 
+    def _latent_rows(self, height: int, width: int) -> int:
+        """Latent rows per band of the entropy-parameter networks; 0: whole (autograd, or one band)."""
+        rows = self.latent_tile if self.latent_tile is not None else latent_band_rows(self.tile, width)
+        return rows if 0 < rows < height and not torch.is_grad_enabled() else 0
+
+    def _hyper(self, nets: nn.Module, z_hat: Tensor) -> Tuple[Tensor, Tensor]:
+        """``nets.hyper_synthesis(ẑ)``, streamed over latent rows for a large latent (same values)."""
+        f = 4  # latent rows per row of z
+        rows = self._latent_rows(z_hat.shape[-2] * f, z_hat.shape[-1] * f)
+        if not rows:
+            return nets.hyper_synthesis(z_hat)
+        return tuple(stream_rows(hyper_stages(h), z_hat, rows, unit=f) for h in (nets.h_mean_s, nets.h_scale_s))
+
+    @staticmethod
+    def _run_nets(nets: Sequence[nn.Module], inputs: Sequence[Tensor], rows: int) -> Tensor:
+        """The networks ``nets`` in sequence on the channel concatenation of ``inputs``; with ``rows``,
+        streamed over bands of that many latent rows (models/tiling.py), so that their inner maps
+        exist one band at a time and equal the whole latent's to float rounding."""
+        if not rows:
+            x = inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=1)
+            for net in nets:
+                x = net(x)
+            return x
+        native = isinstance(nets[0], _Native)  # the last slice's mean side: the model's own networks
+        stages = []
+        for net in nets:
+            net = net.net if native else net
+            stages += swatten_stages(net) if isinstance(net[0], SWAtten) else parameter_net_stages(net)
+        out = stream_rows(stages, [nets[0].inward(t) for t in inputs] if native else inputs, rows)
+        return nets[0].outward(out) if native else out
+
     def _code_slices(
         self,
         latent_means: Tensor,
@@ -225,8 +262,11 @@ class ICWEM(CompressionModel):
         y_hw: Tuple[int, int],
         quantize: Callable[[int, Tensor, Tensor], Tensor],
         nets: Optional[nn.Module] = None,
-    ) -> Tuple[Tensor, Tensor, Tensor]:
-        """Run the channel-wise entropy model over all slices; returns ŷ, μ and σ (slices concatenated).
+        keep_parameters: bool = True,
+    ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        """Run the channel-wise entropy model over all slices; returns ŷ, μ and σ (slices concatenated;
+        μ and σ are None without ``keep_parameters``: coding needs neither once a slice is coded, and
+        on a large latent they would be two more whole-latent float64 maps).
 
         ``quantize(i, μ_i, σ_i)`` returns the quantised slice ŷ_i (before LRP). It is the only part
         that differs between the forward pass (rounding with likelihoods), compress (symbols to the
@@ -236,20 +276,25 @@ class ICWEM(CompressionModel):
         """
         nets = self if nets is None else nets
         H, W = y_hw
+        rows = self._latent_rows(H, W)
         y_hat_slices: List[Tensor] = []
         means: List[Tensor] = []
         scales: List[Tensor] = []
         for i in range(self.num_slices):
             support = y_hat_slices[: self._num_support(i)]
-            mean_in = nets.atten_mean[i](torch.cat([latent_means, *support], dim=1))
-            mu = nets.cc_mean_transforms[i](mean_in)[:, :, :H, :W]
-            scale_in = nets.atten_scale[i](torch.cat([latent_scales, *support], dim=1))
-            sigma = nets.cc_scale_transforms[i](scale_in)[:, :, :H, :W]
+            mean_in = self._run_nets([nets.atten_mean[i]], [latent_means, *support], rows)
+            mu = self._run_nets([nets.cc_mean_transforms[i]], [mean_in], rows)[:, :, :H, :W]
+            sigma = self._run_nets([nets.atten_scale[i], nets.cc_scale_transforms[i]], [latent_scales, *support], rows)
+            sigma = sigma[:, :, :H, :W]
             y_hat_i = quantize(i, mu, sigma)
-            lrp = nets.lrp_transforms[i](torch.cat([mean_in, y_hat_i], dim=1))
+            lrp = self._run_nets([nets.lrp_transforms[i]], [mean_in, y_hat_i], rows)
             y_hat_slices.append(y_hat_i + 0.5 * torch.tanh(lrp))
-            means.append(mu)
-            scales.append(sigma)
+            if keep_parameters:
+                means.append(mu)
+                scales.append(sigma)
+            del mean_in, mu, sigma, y_hat_i, lrp
+        if not keep_parameters:
+            return torch.cat(y_hat_slices, dim=1), None, None
         return torch.cat(y_hat_slices, dim=1), torch.cat(means, dim=1), torch.cat(scales, dim=1)
 
     def _check_size(self, x: Tensor) -> None:
@@ -334,19 +379,19 @@ class ICWEM(CompressionModel):
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
         nets, z_in = self._parameter_path(z_hat)
-        latent_means, latent_scales = nets.hyper_synthesis(z_in)
+        latent_means, latent_scales = self._hyper(nets, z_in)
 
-        y_slices = y.to(z_in.device, z_in.dtype).chunk(self.num_slices, dim=1)
+        y_slices = y.chunk(self.num_slices, dim=1)  # each made float64 when coded, not the whole latent
         symbols: List[Tensor] = []
         indexes: List[Tensor] = []
 
         def record_slice(i: int, mu: Tensor, sigma: Tensor) -> Tensor:
-            q = self.gaussian_conditional.quantize(y_slices[i], "symbols", mu)
+            q = self.gaussian_conditional.quantize(y_slices[i].to(mu.device, mu.dtype), "symbols", mu)
             symbols.append(q)
             indexes.append(scale_indexes(sigma))
             return self.gaussian_conditional.dequantize(q, mu)
 
-        y_hat, _, _ = self._code_slices(latent_means, latent_scales, y.shape[-2:], record_slice, nets)
+        y_hat, _, _ = self._code_slices(latent_means, latent_scales, y.shape[-2:], record_slice, nets, False)
         y_hat = y_hat.to(z_hat.device, z_hat.dtype)
 
         y_strings = []
@@ -385,7 +430,7 @@ class ICWEM(CompressionModel):
         y_count = self.config["M"] * y_hw[0] * y_hw[1]
         z_hat = eb.decompress([guarded(s, z_count, "z") for s in z_strings], (z_h, z_w))
         nets, z_in = (self, z_hat) if legacy else self._parameter_path(z_hat)
-        latent_means, latent_scales = nets.hyper_synthesis(z_in)
+        latent_means, latent_scales = self._hyper(nets, z_in)
 
         decoders = []
         for s in y_strings:
@@ -406,7 +451,7 @@ class ICWEM(CompressionModel):
             indexes.append(index)
             return self.gaussian_conditional.dequantize(q, mu)
 
-        y_hat, _, _ = self._code_slices(latent_means, latent_scales, y_hw, decode_slice, nets)
+        y_hat, _, _ = self._code_slices(latent_means, latent_scales, y_hw, decode_slice, nets, False)
         y_hat = y_hat.to(z_hat.device, z_hat.dtype)
         z_q = z_symbols(self.entropy_bottleneck, z_hat)
         checks = [coder_check(z_q[b], [s[b] for s in symbols], [t[b] for t in indexes]) for b in range(len(y_strings))]

@@ -42,6 +42,8 @@ PARAMETER_NETS = (
     "h_mean_s", "h_scale_s", "atten_mean", "atten_scale", "cc_mean_transforms", "cc_scale_transforms", "lrp_transforms",
 )
 PORTABLE_DTYPE = torch.float64
+# The last slice's mean side: its μ and LRP decide no index (see ParameterNets), so it keeps the model's precision.
+LAST_MEAN_NETS = ("atten_mean", "cc_mean_transforms", "lrp_transforms")
 
 # CompressAI's default table (64 scales, log-spaced from 0.11 to 256) as little-endian float32, pinned.
 # get_scale_table() computes it with float32 exp on the machine at hand, and its last bits differ between
@@ -66,17 +68,52 @@ SCALE_TABLE: Tuple[float, ...] = tuple(
 # ---------------------------------------------------------------------------------------- networks
 class ParameterNets(nn.Module):
     """A float64 CPU copy of a model's entropy-parameter networks, with the model's attribute names,
-    so ``ICWEM._code_slices`` runs on it unchanged."""
+    so ``ICWEM._code_slices`` runs on it unchanged.
 
-    def __init__(self, model: nn.Module) -> None:
+    One exception, by what decides the coder's inputs: the last slice's mean side (its SWAtten,
+    mean and LRP networks) runs on the model's own networks, in their dtype and on their device. Its
+    μ and LRP reach only ŷ of the last slice, which conditions no later slice and goes to g_s; the
+    decoder's symbols depend on σ alone (its indexes). So they move no index on any machine, and
+    their float32 rounding reaches only the picture, like g_s's own. This saves about a seventh of
+    the float64 work (``benchmarks/portability.py cost`` measures the path with and without it).
+    """
+
+    def __init__(self, model: nn.Module, native_last_mean: bool = True) -> None:
         super().__init__()
         for name in PARAMETER_NETS:
             setattr(self, name, copy.deepcopy(getattr(model, name)).to("cpu", PORTABLE_DTYPE))
+        if native_last_mean:
+            for name in LAST_MEAN_NETS:
+                getattr(self, name)[-1] = _Native(getattr(model, name)[-1])
         self.requires_grad_(False)
         self.eval()
 
     def hyper_synthesis(self, z_hat: Tensor) -> Tuple[Tensor, Tensor]:
         return self.h_mean_s(z_hat), self.h_scale_s(z_hat)
+
+
+class _Native(nn.Module):
+    """Runs one of the model's own networks (not a copy: its dtype, its device) on float64 CPU inputs
+    and hands back float64 CPU outputs. Held outside the module tree, so ``.to()`` leaves it alone."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self._net = [net]
+
+    @property
+    def net(self) -> nn.Module:
+        return self._net[0]
+
+    def inward(self, x: Tensor) -> Tensor:
+        weight = next(self.net.parameters())
+        return x.to(weight.device, weight.dtype)
+
+    @staticmethod
+    def outward(x: Tensor) -> Tensor:
+        return x.to("cpu", PORTABLE_DTYPE)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.outward(self.net(self.inward(x)))
 
 
 _NETS: "weakref.WeakKeyDictionary[nn.Module, Tuple[tuple, ParameterNets]]" = weakref.WeakKeyDictionary()

@@ -40,14 +40,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from fractions import Fraction
 from math import lcm
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from compressai.layers import ResidualBlockUpsample, ResidualBlockWithStride
 from torch import Tensor
 
-from .blocks import ConvTransBlock
+from .blocks import SWAtten, ConvTransBlock
 from .enhance import DenseBlock, EnhBlock
 from .inn import AffineCoupling, InvertibleNetwork
 
@@ -214,6 +214,80 @@ def synthesis_stages(model: nn.Module, clamp: bool) -> List[Stage]:
     return stages
 
 
+# ------------------------------------------------------------------------------ entropy-parameter stages
+# The latent's networks stream too (bounded memory for large images): h_mean_s / h_scale_s are layers
+# of the kinds above; a slice's SWAtten and mean / scale / LRP networks are cut into the stages below.
+# Their bands are counted in latent rows.
+LATENT_BAND_PIXELS = 1 << 13  # latent pixels per band (rows = this / latent width), like BAND_PIXELS
+MIN_LATENT_BAND_ROWS = 16
+
+
+def latent_band_rows(tile: Optional[int], width: int) -> int:
+    """Latent rows per band of the entropy-parameter networks: 0 (whole) when ``tile`` is 0, else
+    about LATENT_BAND_PIXELS latent pixels (768×512's 32×48 latent runs whole)."""
+    if tile == 0:
+        return 0
+    return max(MIN_LATENT_BAND_ROWS, LATENT_BAND_PIXELS // width)
+
+
+def _chain_radius(module: nn.Module) -> int:
+    """Rows of context of a chain of convolutions (residual units included): their radii add up."""
+    return sum(m.kernel_size[0] // 2 for m in module.modules() if isinstance(m, nn.Conv2d))
+
+
+def swatten_stages(block: nn.Module) -> List[Stage]:
+    """SWAtten as three stages over channel-stacked maps: ``t = in_conv(x)`` with the W Swin block
+    (→ [t, u]), the SW Swin block (→ [t, s]), then ``out_conv(conv_a(t) · sigmoid(conv_b(s)) + t)``
+    (models/blocks.py ``SWAtten.forward``), whose two branches read ``_chain_radius`` rows each."""
+    att = block[0] if isinstance(block, nn.Sequential) else block
+    assert isinstance(att, SWAtten)
+    pair = att.non_local_block
+    msa_1, msa_2 = pair.block_1.msa, pair.block_2.msa
+    n = att.in_conv.out_channels
+
+    def swin(swin_block: nn.Module, t: Tensor) -> Tensor:
+        return swin_block(t.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def first(x: Tensor) -> Tensor:
+        t = att.in_conv(x)
+        return torch.cat((t, swin(pair.block_1, t)), dim=1)
+
+    def second(tu: Tensor) -> Tensor:
+        return torch.cat((tu[:, :n], swin(pair.block_2, tu[:, n:])), dim=1)
+
+    def last(ts: Tensor) -> Tensor:
+        t, s = ts[:, :n], ts[:, n:]
+        return att.out_conv(att.conv_a(t) * torch.sigmoid(att.conv_b(s)) + t)
+
+    radius = max(_chain_radius(att.conv_a), _chain_radius(att.conv_b))
+    return [
+        Stage(first, window_step(msa_1.window_size, msa_1.shift), msa_1.window_size),
+        Stage(second, window_step(msa_2.window_size, msa_2.shift), msa_2.window_size),
+        Stage(last, conv_step(radius)),
+    ]
+
+
+def parameter_net_stages(net: nn.Sequential) -> List[Stage]:
+    """A mean / scale / LRP network (3×3 convolutions with GELU between them): one stage per
+    convolution, its activation included."""
+    stages: List[Stage] = []
+    for layer in net:
+        if isinstance(layer, nn.Conv2d):
+            stages.append(Stage(layer, conv_step(_conv_radius(layer))))
+        else:  # a pointwise activation: joins the convolution before it
+            stages[-1] = Stage(_then(stages[-1].fn, layer), stages[-1].rule)
+    return stages
+
+
+def _then(fn: Callable[[Tensor], Tensor], after: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    return lambda x: after(fn(x))
+
+
+def hyper_stages(h_s: nn.Sequential) -> List[Stage]:
+    """h_mean_s / h_scale_s: ẑ → latent, every layer a stage (upsampling residual block, TCBs, sub-pixel conv)."""
+    return [layer_stage(m) for m in h_s]
+
+
 def chain_halo(stages: Sequence[Stage], start: int = 1 << 16) -> Fraction:
     """Rows of the chain's input that an overlapping tile would need as a halo on each side if no
     stage kept its context: inexact rows at a tile's edge (starting at ``start``, aligned for every
@@ -305,8 +379,11 @@ def _pump(streams: Sequence[_StageStream], box: List[Tensor], last: bool, sink: 
             sink(piece)
 
 
-def stream_rows(stages: Sequence[Stage], x: Tensor, rows: int, unit: int = 1) -> Tensor:
+def stream_rows(stages: Sequence[Stage], x: Union[Tensor, Sequence[Tensor]], rows: int, unit: int = 1) -> Tensor:
     """Run ``stages`` over ``x`` (B×C×H×W) in bands of ``rows`` image rows; returns the whole output.
+
+    ``x`` may be a sequence of maps of one height, to be concatenated along the channels: each band
+    is concatenated when it is fed, so the whole concatenation never exists.
 
     ``unit``: image rows per row of ``x`` (1 for the image, 16 for the latent). A stage at 1/s of
     the image's resolution computes bands of about ``rows / s`` of its own rows, but at least
@@ -315,13 +392,14 @@ def stream_rows(stages: Sequence[Stage], x: Tensor, rows: int, unit: int = 1) ->
     1/2-resolution stage takes, where memory and work peak). Nothing but each stage's own context is
     computed twice.
     """
-    height = x.shape[-2]
+    parts = [x] if isinstance(x, Tensor) else list(x)
+    height = parts[0].shape[-2]
     streams, scale = [], Fraction(1, unit)  # resolution of the stage's input relative to the image
     for stage in stages:
         band = int(rows * max(scale * stage.scale, Fraction(1, 2)))
         streams.append(_StageStream(stage, int(height * scale * unit), band))
         scale *= stage.scale
-    out = x.new_empty(0)
+    out = parts[0].new_empty(0)
     written = 0
 
     def sink(piece: Tensor) -> None:
@@ -333,6 +411,7 @@ def stream_rows(stages: Sequence[Stage], x: Tensor, rows: int, unit: int = 1) ->
 
     feed = max(1, rows // unit)
     for top in range(0, height, feed):
-        _pump(streams, [x[..., top:top + feed, :]], top + feed >= height, sink)
+        band = [t[..., top:top + feed, :] for t in parts]
+        _pump(streams, [band[0] if len(band) == 1 else torch.cat(band, dim=1)], top + feed >= height, sink)
     assert written and written == out.shape[-2], "the stream did not produce every row"
     return out

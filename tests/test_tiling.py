@@ -26,7 +26,9 @@ from models.tiling import (
     conv_step,
     enh_radius,
     inn_radius,
+    latent_band_rows,
     layer_stage,
+    swatten_stages,
     stream_rows,
     synthesis_stages,
 )
@@ -113,6 +115,7 @@ def _default_tile_afterwards(tiny_model):
     """The tests below change the shared model's band height; the other modules expect the default."""
     yield
     tiny_model.tile = ICWEM.tile
+    tiny_model.latent_tile = ICWEM.latent_tile
 
 
 def _with_tile(model, tile: int):
@@ -215,3 +218,69 @@ def test_default_bands_hold_about_the_same_pixels_at_any_width(tiny_checkpoint):
         assert model._band_rows(4032, 6016) == BAND_PIXELS // 6016
         assert model._band_rows(512, 768) == 0  # a Kodak-sized image fits in one band: whole
         assert model._band_rows(4096, 64 * BAND_PIXELS) == MIN_BAND_ROWS
+
+
+# ------------------------------------------------------------------------- the entropy-parameter path
+def _parameters(model, latents, latent_tile: int):
+    """ẑ's hyper-synthesis and every slice's ŷ, μ, σ through the portable path, with the encoder's
+    symbols (teacher-forced, so band heights are compared on the same inputs)."""
+    y, z_hat = latents
+    model.latent_tile = latent_tile
+    with torch.inference_mode():
+        nets, z_in = model._parameter_path(z_hat)
+        slices = y.double().chunk(model.num_slices, dim=1)
+        hyper = model._hyper(nets, z_in)
+        out = model._code_slices(*hyper, tuple(y.shape[-2:]), lambda i, mu, sigma: torch.round(slices[i] - mu) + mu, nets)
+    return (*hyper, *out)
+
+
+def test_entropy_parameter_bands_equal_the_whole_latent(tiny_model, image):
+    """Bands of 1..13 latent rows (the 20-row latent cut at every row of SWAtten's 8-row windows and
+    their shift): float64 σ and μ equal the whole latent's to float64 rounding, so the indexes and the
+    bitstream do not depend on the band height."""
+    with torch.inference_mode():
+        y = tiny_model.analysis(image)
+        z = tiny_model.h_a(y)
+        z_hat = tiny_model.entropy_bottleneck.decompress(tiny_model.entropy_bottleneck.compress(z), z.shape[-2:])
+        strings = tiny_model.compress(image)["strings"]
+    whole = _parameters(tiny_model, (y, z_hat), 0)
+    slice_ch = whole[3].shape[1] // tiny_model.num_slices
+    for rows in (1, 3, 4, 8, 13):
+        banded = _parameters(tiny_model, (y, z_hat), rows)
+        for name, a, b in zip(("means", "scales"), whole[:2], banded[:2]):
+            assert (a - b).abs().max() <= 1e-12, (rows, name)
+        assert (whole[4] - banded[4]).abs().max() <= 1e-12 * whole[4].abs().max(), rows  # σ
+        # μ in float64 but the last slice's (the model's own precision: it decides no index)
+        assert (whole[3] - banded[3])[:, :-slice_ch].abs().max() <= 1e-12, rows
+        assert (whole[3] - banded[3]).abs().max() <= TOLERANCE, rows
+    with torch.inference_mode():
+        assert tiny_model.compress(image)["strings"] == strings  # at the last band height, 13 rows
+
+
+def test_a_file_coded_with_latent_bands_decodes_whole_and_the_reverse(tiny_model, image):
+    with torch.inference_mode():
+        for enc, dec in ((4, 0), (0, 5)):
+            tiny_model.latent_tile = enc
+            out = tiny_model.compress(image)
+            tiny_model.latent_tile = dec
+            assert tiny_model.decompress(out["strings"], out["shape"])["checks"] == out["checks"]
+
+
+def test_swatten_stages_see_bands_not_the_latent(tiny_model):
+    heights = []
+    stages = swatten_stages(tiny_model.atten_scale[2])
+    for stage in stages:
+        fn = stage.fn
+        stage.fn = lambda x, fn=fn: heights.append(x.shape[-2]) or fn(x)
+    x = torch.randn(1, tiny_model.atten_scale[2][0].in_conv.in_channels, 200, 12)
+    with torch.no_grad():
+        streamed = stream_rows(stages, x, 16)
+        assert (streamed - tiny_model.atten_scale[2](x)).abs().max() <= TOLERANCE
+    # A band and at most 3/2 band more rows (the stream's largest piece), plus the windows' context.
+    assert max(heights) <= 2 * 16 + 3 * 8 < x.shape[-2]
+
+
+def test_latent_bands_follow_the_width_and_turn_off_with_tile_0():
+    assert latent_band_rows(0, 375) == 0
+    assert latent_band_rows(None, 48) >= 32  # 768×512: one band, the whole latent
+    assert latent_band_rows(None, 375) * 375 <= 2 * (1 << 13)
