@@ -3,6 +3,9 @@
 # one main run at a middle rate (λ 0.013), then each other rate point fine-tuned for one epoch from the
 # main run's best checkpoint. Then: python tools/ship_weights.py <the five checkpoints, lowest rate first>.
 # Usage: bash tools/train_shipped.sh RUNS_DIR       (SKIP_MAIN=1: only the fine-tunes)
+# The files shipped now come from a second round on top of the first (ROUND2=1: run it after round 1):
+# the main run continued with its optimizer and schedule to epoch 30, then each other rate point
+# continued from that run's end (optimizer state kept) to epoch 40 at its own λ.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:?usage: train_shipped.sh RUNS_DIR}
@@ -22,3 +25,18 @@ for L in 0.006 0.03 0.08; do
     python -u train.py "${COMMON[@]}" --lambda $L -lr 1e-4 --epochs 1 --checkpoint "$MAIN" --no-continue_train \
         --save_path "$RUNS/finetune" --max-minutes 15
 done
+
+if [ -n "${ROUND2:-}" ]; then
+    # The cosine factor follows --epochs, so continuing a finished 18-epoch run with --epochs 30 restarts at
+    # lr 3e-4 (epoch 19) and decays to 1e-5; the fine-tunes (--epochs 40) go from 1.6e-4 to 1e-5. A continued
+    # run keeps the main run's best loss (measured at λ 0.013), so checkpoint_latest is each run's result.
+    python -u train.py "${COMMON[@]}" --lambda 0.013 -lr 1e-3 --epochs 30 --checkpoint "$MAIN" --continue_train \
+        --save_path "$RUNS/round2/main" --max-minutes 105
+    for L in 0.0008 0.15 0.004 0.045; do
+        python -u train.py "${COMMON[@]}" --lambda $L -lr 1e-3 --epochs 40 --continue_train \
+            --checkpoint "$RUNS/round2/main/0.013/checkpoint_latest.pth.tar" \
+            --save_path "$RUNS/round2/finetune" --max-minutes 20
+    done
+    # then: python tools/ship_weights.py $RUNS/round2/finetune/0.0008/checkpoint_latest.pth.tar \
+    #   $RUNS/round2/finetune/0.004/… $RUNS/round2/main/0.013/… $RUNS/round2/finetune/0.045/… $RUNS/round2/finetune/0.15/…
+fi
