@@ -3,7 +3,7 @@
 # one main run at a middle rate (λ 0.013), then each other rate point fine-tuned for one epoch from the
 # main run's best checkpoint. Then: python tools/ship_weights.py <the five checkpoints, lowest rate first>.
 # Usage: bash tools/train_shipped.sh RUNS_DIR       (SKIP_MAIN=1: only the fine-tunes)
-# The files shipped now come from a second round on top of the first (ROUND2=1: run it after round 1):
+# The files shipped now come from a second round on top of round 1's main run (ROUND2=1 runs it instead of round 1's fine-tunes):
 # the main run continued with its optimizer and schedule to epoch 30, then each other rate point
 # continued from that run's end (optimizer state kept) to epoch 40 at its own λ.
 set -euo pipefail
@@ -19,12 +19,14 @@ if [ -z "${SKIP_MAIN:-}" ]; then
 fi
 # The lowest rate point was fine-tuned at 3e-4; at that rate the higher points lost 2 dB to the main
 # model (fresh Adam steps undo the end of its cosine schedule), so they use 1e-4.
+if [ -z "${ROUND2:-}" ]; then
 python -u train.py "${COMMON[@]}" --lambda 0.0025 -lr 3e-4 --epochs 1 --checkpoint "$MAIN" --no-continue_train \
     --save_path "$RUNS/finetune" --max-minutes 15
 for L in 0.006 0.03 0.08; do
     python -u train.py "${COMMON[@]}" --lambda $L -lr 1e-4 --epochs 1 --checkpoint "$MAIN" --no-continue_train \
         --save_path "$RUNS/finetune" --max-minutes 15
 done
+fi
 
 if [ -n "${ROUND2:-}" ]; then
     # The cosine factor follows --epochs, so continuing a finished 18-epoch run with --epochs 30 restarts at
