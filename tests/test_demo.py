@@ -28,6 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 CODECS = ("ICWEM", "JPEG", "WebP", "AVIF")
 
 
+# The demo runs its commands with one thread (OMP_NUM_THREADS=1); the in-process decode below must too,
+# for its picture to be bit-identical to the demo's (other thread counts agree only within a grey level).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 def run(args, timeout=600) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")  # two shared cores
     return subprocess.run([sys.executable, "-u", *args], cwd=REPO, env=env, capture_output=True, text=True,
