@@ -300,21 +300,14 @@ def _run(args: argparse.Namespace, op: str, size: tuple, tile: Optional[int], pa
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def matmul_gflops(threads: int, n: int = 2048, runs: int = 10) -> float:
-    """Median fp32 GFLOP/s of an n×n matrix product with ``threads`` threads."""
-    import statistics
-
+def matmul_gflops(threads: int) -> float:
+    """Median fp32 GFLOP/s of a 2048² matrix product with ``threads`` threads (benchmarks/machine.py)."""
     import torch
 
+    import machine  # benchmarks/machine.py, beside this script
+
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times) / 1e9
+    return machine.matmul_rate(torch.float32, runs=10)
 
 
 # ------------------------------------------------------------------------------ the table
