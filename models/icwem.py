@@ -10,7 +10,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from compressai.ans import BufferedRansEncoder, RansDecoder
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.layers import ResidualBlockUpsample, ResidualBlockWithStride, conv3x3, subpel_conv3x3
 from compressai.models import CompressionModel
@@ -21,7 +20,8 @@ from .blocks import SWAtten, tcb_stage
 from .config import ModelConfig
 from .enhance import EnhModule
 from .inn import InvertibleNetwork
-from .portable import PORTABLE_DTYPE, _Native, coder_check, legacy_coders, parameter_nets, scale_indexes, update_tables, z_symbols
+from .portable import PORTABLE_DTYPE, CoderCheck, _Native, legacy_coders, parameter_nets, scale_indexes, update_tables, z_symbols
+from .rans_chunks import CHUNK_SYMBOLS, ChunkedDecoder, ChunkedEncoder
 from .rans_guard import guarded
 from .tiling import (
     analysis_stages, band_rows, hyper_stages, latent_band_rows, parameter_net_stages, stream_rows, swatten_stages,
@@ -367,13 +367,15 @@ class ICWEM(CompressionModel):
             raise RuntimeError("entropy coder tables are empty: call model.update() before compress/decompress")
         return gc.quantized_cdf.tolist(), gc.cdf_length.reshape(-1).int().tolist(), gc.offset.reshape(-1).int().tolist()
 
-    def compress(self, x: Tensor, return_y_hat: bool = False) -> Dict:
+    def compress(self, x: Tensor, return_y_hat: bool = False, chunk_symbols: Optional[int] = CHUNK_SYMBOLS) -> Dict:
         """Code each image of the batch into one y string (all slices) and one z string.
 
-        ``checks`` holds, per image, the CRC-32 of the symbols and scale indexes the decoder must rebuild
-        (``portable.coder_check``); ``return_y_hat`` also returns the encoder's own ŷ.
+        y's symbols go to the coder slice by slice, in independent rANS streams of ``chunk_symbols``
+        symbols (``models/rans_chunks.py``; None: one stream, as format version 2 wrote). ``checks``
+        holds, per image, the CRC-32 of the symbols and scale indexes the decoder must rebuild
+        (``portable.CoderCheck``); ``return_y_hat`` also returns the encoder's own ŷ.
         """
-        cdfs, cdf_lengths, offsets = self._coder_tables()
+        tables = self._coder_tables()
         y = self.analysis(x)
         z = self.h_a(y)
         z_strings = self.entropy_bottleneck.compress(z)
@@ -382,45 +384,38 @@ class ICWEM(CompressionModel):
         latent_means, latent_scales = self._hyper(nets, z_in)
 
         y_slices = y.chunk(self.num_slices, dim=1)  # each made float64 when coded, not the whole latent
-        symbols: List[Tensor] = []
-        indexes: List[Tensor] = []
+        z_q = z_symbols(self.entropy_bottleneck, z_hat)
+        checks = [CoderCheck(z_q[b]) for b in range(x.shape[0])]
+        encoders = [ChunkedEncoder(tables, chunk_symbols) for _ in range(x.shape[0])]
 
-        def record_slice(i: int, mu: Tensor, sigma: Tensor) -> Tensor:
+        def code_slice(i: int, mu: Tensor, sigma: Tensor) -> Tensor:
             q = self.gaussian_conditional.quantize(y_slices[i].to(mu.device, mu.dtype), "symbols", mu)
-            symbols.append(q)
-            indexes.append(scale_indexes(sigma))
+            index = scale_indexes(sigma)
+            for b, (encoder, check) in enumerate(zip(encoders, checks)):
+                encoder.encode(q[b], index[b])  # one stream per image: slice order, then C order
+                check.add(q[b], index[b])
             return self.gaussian_conditional.dequantize(q, mu)
 
-        y_hat, _, _ = self._code_slices(latent_means, latent_scales, y.shape[-2:], record_slice, nets, False)
-        y_hat = y_hat.to(z_hat.device, z_hat.dtype)
-
-        y_strings = []
-        for b in range(x.shape[0]):
-            # One stream per image: slice order, then C order (channel, row, column) within a slice.
-            encoder = BufferedRansEncoder()
-            encoder.encode_with_indexes(
-                torch.cat([s[b].reshape(-1) for s in symbols]).tolist(),
-                torch.cat([t[b].reshape(-1) for t in indexes]).tolist(),
-                cdfs, cdf_lengths, offsets,
-            )
-            y_strings.append(encoder.flush())
-        z_q = z_symbols(self.entropy_bottleneck, z_hat)
-        checks = [coder_check(z_q[b], [s[b] for s in symbols], [t[b] for t in indexes]) for b in range(x.shape[0])]
-        out = {"strings": [y_strings, z_strings], "shape": z.shape[-2:], "checks": checks}
+        y_hat, _, _ = self._code_slices(latent_means, latent_scales, y.shape[-2:], code_slice, nets, False)
+        out = {"strings": [[e.finish() for e in encoders], z_strings], "shape": z.shape[-2:],
+               "checks": [c.value() for c in checks]}
         if return_y_hat:
-            out["y_hat"] = y_hat
+            out["y_hat"] = y_hat.to(z_hat.device, z_hat.dtype)
         return out
 
-    def decompress(self, strings: Sequence[Sequence[bytes]], shape: Sequence[int], legacy: bool = False) -> Dict:
+    def decompress(self, strings: Sequence[Sequence[bytes]], shape: Sequence[int], legacy: bool = False,
+                   chunk_symbols: Optional[int] = CHUNK_SYMBOLS) -> Dict:
         """Inverse of :meth:`compress`: rebuilds the same entropy parameters and decodes ŷ, then x̂.
 
-        Every string is checked and given a zero guard first (``rans_guard``), so no input makes the
-        rANS decoder read memory that is not ours; ``checks`` are the CRCs of what was decoded, to
-        compare with the encoder's. ``legacy`` decodes strings of format version 1, coded before the
-        portable path: float32 parameters and CompressAI's own tables, as their encoder had them.
+        Every string is checked and each rANS stream given a zero guard first (``rans_guard``), so no
+        input makes the decoder read memory that is not ours; ``checks`` are the CRCs of what was
+        decoded, to compare with the encoder's. ``chunk_symbols`` must be the encoder's (None for a
+        single y stream, format versions 1 and 2). ``legacy`` decodes strings of format version 1,
+        coded before the portable path: float32 parameters and CompressAI's own tables, as their
+        encoder had them.
         """
         eb, gc = legacy_coders(self) if legacy else (self.entropy_bottleneck, self.gaussian_conditional)
-        cdfs, cdf_lengths, offsets = self._coder_tables(gc)
+        tables = self._coder_tables(gc)
         y_strings, z_strings = strings
         if len(y_strings) != len(z_strings):
             raise ValueError("y and z strings disagree on the batch size")
@@ -428,34 +423,23 @@ class ICWEM(CompressionModel):
         z_count = self.entropy_bottleneck._quantized_cdf.shape[0] * z_h * z_w
         y_hw = (4 * z_h, 4 * z_w)
         y_count = self.config["M"] * y_hw[0] * y_hw[1]
+        decoders = [ChunkedDecoder(s, y_count, tables, chunk_symbols) for s in y_strings]  # checked before any work
         z_hat = eb.decompress([guarded(s, z_count, "z") for s in z_strings], (z_h, z_w))
         nets, z_in = (self, z_hat) if legacy else self._parameter_path(z_hat)
         latent_means, latent_scales = self._hyper(nets, z_in)
-
-        decoders = []
-        for s in y_strings:
-            decoder = RansDecoder()
-            decoder.set_stream(guarded(s, y_count, "y"))
-            decoders.append(decoder)
-        symbols: List[Tensor] = []
-        indexes: List[Tensor] = []
+        z_q = z_symbols(self.entropy_bottleneck, z_hat)
+        checks = [CoderCheck(z_q[b]) for b in range(len(y_strings))]
 
         def decode_slice(i: int, mu: Tensor, sigma: Tensor) -> Tensor:
             index = gc.build_indexes(sigma) if legacy else scale_indexes(sigma)
-            values = [
-                decoder.decode_stream(index[b].reshape(-1).tolist(), cdfs, cdf_lengths, offsets)
-                for b, decoder in enumerate(decoders)
-            ]
-            q = torch.tensor(values, dtype=torch.int32).view(index.shape).to(mu.device)
-            symbols.append(q)
-            indexes.append(index)
+            q = torch.stack([decoder.decode(index[b]) for b, decoder in enumerate(decoders)]).to(mu.device)
+            for b, check in enumerate(checks):
+                check.add(q[b], index[b])
             return self.gaussian_conditional.dequantize(q, mu)
 
         y_hat, _, _ = self._code_slices(latent_means, latent_scales, y_hw, decode_slice, nets, False)
         y_hat = y_hat.to(z_hat.device, z_hat.dtype)
-        z_q = z_symbols(self.entropy_bottleneck, z_hat)
-        checks = [coder_check(z_q[b], [s[b] for s in symbols], [t[b] for t in indexes]) for b in range(len(y_strings))]
-        return {"x_hat": self.synthesis(y_hat, clamp=True), "y_hat": y_hat, "checks": checks}
+        return {"x_hat": self.synthesis(y_hat, clamp=True), "y_hat": y_hat, "checks": [c.value() for c in checks]}
 
     # ------------------------------------------------------------------ identity
     def fingerprint(self) -> bytes:

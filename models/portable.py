@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import weakref
 import zlib
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import scipy.stats
@@ -210,13 +210,31 @@ _LEGACY: "weakref.WeakKeyDictionary[nn.Module, Tuple[tuple, tuple]]" = weakref.W
 
 
 # ---------------------------------------------------------------------------------------- decode check
-def coder_check(z_symbols: Tensor, y_symbols: Sequence[Tensor], y_indexes: Sequence[Tensor]) -> int:
+class CoderCheck:
     """CRC-32 of what the decoder must rebuild for one image: z's symbols, then y's symbols and scale
-    indexes (slice order, C order within a slice), each as little-endian int32."""
-    crc = 0
-    for part in (z_symbols, *y_symbols, *y_indexes):
-        crc = zlib.crc32(np.ascontiguousarray(part.detach().cpu().numpy(), dtype="<i4").tobytes(), crc)
-    return crc
+    indexes (slice order, C order within a slice), each as little-endian int32.
+
+    Built slice by slice as the slices are coded, so that no whole-latent list of symbols has to be
+    kept: symbols enter the CRC at once, and indexes (0..63) wait as one byte each until ``value``.
+    """
+
+    def __init__(self, z_symbols: Tensor) -> None:
+        self._crc = _crc_int32(z_symbols, 0)
+        self._indexes: List[Tensor] = []
+
+    def add(self, symbols: Tensor, indexes: Tensor) -> None:
+        self._crc = _crc_int32(symbols, self._crc)
+        self._indexes.append(indexes.detach().to("cpu", torch.uint8))
+
+    def value(self) -> int:
+        crc = self._crc
+        for part in self._indexes:
+            crc = _crc_int32(part, crc)
+        return crc
+
+
+def _crc_int32(part: Tensor, crc: int) -> int:
+    return zlib.crc32(np.ascontiguousarray(part.detach().cpu().numpy(), dtype="<i4").tobytes(), crc)
 
 
 def z_symbols(eb: EntropyBottleneck, z_hat: Tensor) -> Tensor:

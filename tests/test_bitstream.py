@@ -72,7 +72,7 @@ def _unpack_error(data: bytes) -> str:
 def test_round_trip():
     bs = _bitstream()
     data = pack(bs)
-    assert data.startswith(MAGIC + b"\x02")
+    assert data.startswith(MAGIC + b"\x03")
     assert len(data) == HEADER_BYTES + 300 + 40 + 4 == file_size(bs)
     assert unpack(data) == bs
 
@@ -80,8 +80,8 @@ def test_round_trip():
 def test_version_1_files_are_still_read():
     bs = _bitstream()
     data = version_1_bytes(bs)
-    assert len(data) == 54 + 300 + 40 == file_size(dataclasses.replace(bs, check=None))
-    assert unpack(data) == dataclasses.replace(bs, check=None)
+    assert len(data) == 54 + 300 + 40 == file_size(dataclasses.replace(bs, check=None, version=1))
+    assert unpack(data) == dataclasses.replace(bs, check=None, version=1)
 
 
 def test_pack_needs_the_coder_check():
@@ -116,8 +116,8 @@ def test_bad_magic():
 
 def test_unsupported_version():
     data = bytearray(pack(_bitstream()))
-    data[5] = 3
-    assert "version 3" in _unpack_error(bytes(data))
+    data[5] = 4
+    assert "version 4" in _unpack_error(bytes(data))
 
 
 def test_checksum_mismatch():

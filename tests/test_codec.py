@@ -284,7 +284,7 @@ def _hostile_files(data: bytes) -> dict[str, bytes]:
     absurd_length = header.copy()
     struct.pack_into("<I", absurd_length, 42, 2**32 - 1)  # y_string length
     wrong_version = bytearray(data)
-    wrong_version[5] = 3
+    wrong_version[5] = 4
     files = {
         "empty": b"",
         "truncated": data[: len(data) // 2],

@@ -1,10 +1,10 @@
 """The ``.icwem`` file: one coded image, self-describing and checksummed.
 
-Layout (little-endian), version 2::
+Layout (little-endian), version 3::
 
     offset  size  field
          0     5  magic b"ICWEM"
-         5     1  format version (u8) = 2
+         5     1  format version (u8) = 3
          6    16  model fingerprint (which weights can decode this file)
         22     4  original height (u32)
         26     4  original width (u32)
@@ -16,7 +16,11 @@ Layout (little-endian), version 2::
         54        z_string, then y_string
        end-4   4  CRC-32 (zlib.crc32) of every byte before it (u32)
 
-Version 1 is the same without the coder check (the strings start at offset 50); it is still read.
+y_string holds y's symbols as independent rANS streams of 2^20 symbols each (``models/rans_chunks.py``):
+the byte lengths of all but the last stream (u32 each), then the streams. An image with at most 2^20
+latent symbols (about 1.3 megapixels with the published model) has one stream and no lengths.
+Version 2 is the same with y as one rANS stream however large the image; version 1 is version 2
+without the coder check (the strings start at offset 50). Both are still read.
 The trailing CRC catches damage to the file; the coder check catches a decoder that, from intact
 bytes, rebuilt other symbols than the encoder coded (models/portable.py explains why that should not
 happen, and this is how we would know).
@@ -40,14 +44,15 @@ from ..errors import UserError
 PathLike = Union[str, Path]
 
 MAGIC = b"ICWEM"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 FINGERPRINT_BYTES = 16
 # The padded image must be a multiple of the model's total downsampling (y: 16, z: 64).
 PAD_MULTIPLE = 64
 MAX_SIDE = 65535
 
 _HEADERS = {1: struct.Struct("<5sB16sII4H2HII"), 2: struct.Struct("<5sB16sII4H2HIII")}
+_HEADERS[3] = _HEADERS[2]
 _HEADER = _HEADERS[VERSION]
 _CRC = struct.Struct("<I")
 HEADER_BYTES = _HEADER.size
@@ -63,7 +68,8 @@ class Bitstream:
 
     ``pad`` is (top, bottom, left, right) pixels added to reach a multiple of 64; ``z_shape`` is the
     hyper-latent's spatial size, which the decoder needs before it can decode ``z_string``. ``check``
-    is the coder check (``models.portable.coder_check``); None for a version-1 file, which has none.
+    is the coder check (``models.portable.CoderCheck``); None for a version-1 file, which has none.
+    ``version`` says how ``y_string`` is laid out (see the module docstring).
     """
 
     height: int
@@ -74,22 +80,25 @@ class Bitstream:
     z_string: bytes
     fingerprint: bytes
     check: Optional[int] = None
+    version: int = VERSION
 
 
 def pack(bs: Bitstream) -> bytes:
-    """Serialise a ``Bitstream`` to the bytes of a version-2 ``.icwem`` file (see the module docstring)."""
+    """Serialise a ``Bitstream`` to the bytes of an ``.icwem`` file of its version, 2 or 3 (see the module docstring)."""
     problem = _geometry_problem(bs.height, bs.width, bs.pad, bs.z_shape)
     if problem is None and len(bs.fingerprint) != FINGERPRINT_BYTES:
         problem = f"fingerprint must be {FINGERPRINT_BYTES} bytes, got {len(bs.fingerprint)}"
+    if problem is None and bs.version not in (2, 3):
+        problem = f"can only write format versions 2 and 3, not {bs.version}"
     if problem is None and not (isinstance(bs.check, int) and 0 <= bs.check < 2**32):
         problem = f"coder check must be a 32-bit unsigned integer, got {bs.check!r}"
     if problem is None and max(len(bs.y_string), len(bs.z_string)) >= 2**32:
         problem = "entropy-coded string longer than 4 GiB"
     if problem is not None:
         raise ValueError(f"cannot pack bitstream: {problem}")
-    header = _HEADER.pack(
+    header = _HEADERS[bs.version].pack(
         MAGIC,
-        VERSION,
+        bs.version,
         bytes(bs.fingerprint),
         bs.height,
         bs.width,
@@ -119,7 +128,7 @@ def unpack(data: bytes) -> Bitstream:
         raise UserError("not an ICWEM file")
     version = data[len(MAGIC)]
     if version not in READABLE_VERSIONS:
-        raise UserError(f"unsupported ICWEM format version {version} (this build reads versions 1 and {VERSION})")
+        raise UserError(f"unsupported ICWEM format version {version} (this build reads versions 1 to {VERSION})")
     header = _HEADERS[version]
     overhead = header.size + _CRC.size
     if len(data) < overhead:
@@ -151,12 +160,13 @@ def unpack(data: bytes) -> Bitstream:
         z_string=bytes(data[z_start:y_start]),
         fingerprint=bytes(fingerprint),
         check=check,
+        version=version,
     )
 
 
 def file_size(bs: Bitstream) -> int:
-    """Size in bytes of the ``.icwem`` file holding ``bs`` (version 1 when it has no coder check)."""
-    header = _HEADERS[VERSION if bs.check is not None else 1]
+    """Size in bytes of the ``.icwem`` file holding ``bs``."""
+    header = _HEADERS[bs.version]
     return header.size + _CRC.size + len(bs.y_string) + len(bs.z_string)
 
 

@@ -79,7 +79,7 @@ def decode_bitstream(model: nn.Module, bs: Bitstream, max_pixels: int = DEFAULT_
     ``bs`` should come from ``unpack`` / ``read_file`` (which validate the header) or ``encode_image``.
     Raises a one-line ``UserError`` if the bitstream was made by other weights, claims more than
     ``max_pixels`` pixels, holds a stream no encoder writes, does not decode, decodes to other symbols
-    or scale indexes than the encoder coded (the version-2 coder check), or needs more memory than
+    or scale indexes than the encoder coded (the coder check of versions 2 and 3), or needs more memory than
     there is. A version-1 file has no coder check: a stream damaged before its checksum was computed
     may decode to another picture.
     """
@@ -97,7 +97,8 @@ def decode_bitstream(model: nn.Module, bs: Bitstream, max_pixels: int = DEFAULT_
     try:
         with torch.inference_mode():
             # decompress checks both strings and bounds the coder's reads (models/rans_guard.py).
-            out = model.decompress([[bs.y_string], [bs.z_string]], bs.z_shape, legacy=bs.check is None)
+            chunks = {"chunk_symbols": None} if bs.version < 3 else {}  # versions 1 and 2: y is one stream
+            out = model.decompress([[bs.y_string], [bs.z_string]], bs.z_shape, legacy=bs.version == 1, **chunks)
             x_hat = crop(out["x_hat"], Padding(*bs.pad))
             finite = bool(torch.isfinite(x_hat).all())
     except (RuntimeError, ValueError, IndexError, OverflowError) as exc:
