@@ -64,6 +64,16 @@ def _clamp01(x: Tensor, straight_through: bool) -> Tensor:
     return x + (clamped - x).detach() if straight_through else clamped
 
 
+def _cat_as(slices: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
+    """``torch.cat(slices, dim=1).to(dtype)`` without the intermediate concatenation."""
+    out = slices[0].new_empty(slices[0].shape[0], sum(t.shape[1] for t in slices), *slices[0].shape[2:], dtype=dtype)
+    start = 0
+    for t in slices:
+        out[:, start:start + t.shape[1]] = t
+        start += t.shape[1]
+    return out
+
+
 class ICWEM(CompressionModel):
     r"""Invertible Channel-Wise Entropy Model for learned image compression.
 
@@ -263,6 +273,7 @@ class ICWEM(CompressionModel):
         quantize: Callable[[int, Tensor, Tensor], Tensor],
         nets: Optional[nn.Module] = None,
         keep_parameters: bool = True,
+        y_hat_dtype: Optional[torch.dtype] = None,
     ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
         """Run the channel-wise entropy model over all slices; returns ŷ, μ and σ (slices concatenated;
         μ and σ are None without ``keep_parameters``: coding needs neither once a slice is coded, and
@@ -272,7 +283,8 @@ class ICWEM(CompressionModel):
         that differs between the forward pass (rounding with likelihoods), compress (symbols to the
         coder) and decompress (symbols from the coder), so the three share this loop. ``nets`` holds the
         SWAtten and mean / scale / LRP networks to run (default: this model's own; real coding passes
-        their float64 copy, see :meth:`_parameter_path`).
+        their float64 copy, see :meth:`_parameter_path`). ``y_hat_dtype``: the returned ŷ's dtype (default:
+        the slices' own), filled slice by slice so the float64 slices are never concatenated as well.
         """
         nets = self if nets is None else nets
         H, W = y_hw
@@ -293,9 +305,10 @@ class ICWEM(CompressionModel):
                 means.append(mu)
                 scales.append(sigma)
             del mean_in, mu, sigma, y_hat_i, lrp
+        y_hat = torch.cat(y_hat_slices, dim=1) if y_hat_dtype in (None, y_hat_slices[0].dtype) else _cat_as(y_hat_slices, y_hat_dtype)
         if not keep_parameters:
-            return torch.cat(y_hat_slices, dim=1), None, None
-        return torch.cat(y_hat_slices, dim=1), torch.cat(means, dim=1), torch.cat(scales, dim=1)
+            return y_hat, None, None
+        return y_hat, torch.cat(means, dim=1), torch.cat(scales, dim=1)
 
     def _check_size(self, x: Tensor) -> None:
         h, w = x.shape[-2:]
@@ -396,7 +409,7 @@ class ICWEM(CompressionModel):
                 check.add(q[b], index[b])
             return self.gaussian_conditional.dequantize(q, mu)
 
-        y_hat, _, _ = self._code_slices(latent_means, latent_scales, y.shape[-2:], code_slice, nets, False)
+        y_hat, _, _ = self._code_slices(latent_means, latent_scales, y.shape[-2:], code_slice, nets, False, z_hat.dtype)
         out = {"strings": [[e.finish() for e in encoders], z_strings], "shape": z.shape[-2:],
                "checks": [c.value() for c in checks]}
         if return_y_hat:
@@ -437,8 +450,9 @@ class ICWEM(CompressionModel):
                 check.add(q[b], index[b])
             return self.gaussian_conditional.dequantize(q, mu)
 
-        y_hat, _, _ = self._code_slices(latent_means, latent_scales, y_hw, decode_slice, nets, False)
-        y_hat = y_hat.to(z_hat.device, z_hat.dtype)
+        y_hat, _, _ = self._code_slices(latent_means, latent_scales, y_hw, decode_slice, nets, False, z_hat.dtype)
+        del latent_means, latent_scales  # two whole-latent float64 maps, not needed by the synthesis
+        y_hat = y_hat.to(z_hat.device)
         return {"x_hat": self.synthesis(y_hat, clamp=True), "y_hat": y_hat, "checks": [c.value() for c in checks]}
 
     # ------------------------------------------------------------------ identity
