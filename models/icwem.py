@@ -64,16 +64,6 @@ def _clamp01(x: Tensor, straight_through: bool) -> Tensor:
     return x + (clamped - x).detach() if straight_through else clamped
 
 
-def _cat_as(slices: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
-    """``torch.cat(slices, dim=1).to(dtype)`` without the intermediate concatenation."""
-    out = slices[0].new_empty(slices[0].shape[0], sum(t.shape[1] for t in slices), *slices[0].shape[2:], dtype=dtype)
-    start = 0
-    for t in slices:
-        out[:, start:start + t.shape[1]] = t
-        start += t.shape[1]
-    return out
-
-
 class ICWEM(CompressionModel):
     r"""Invertible Channel-Wise Entropy Model for learned image compression.
 
@@ -305,7 +295,11 @@ class ICWEM(CompressionModel):
                 means.append(mu)
                 scales.append(sigma)
             del mean_in, mu, sigma, y_hat_i, lrp
-        y_hat = torch.cat(y_hat_slices, dim=1) if y_hat_dtype in (None, y_hat_slices[0].dtype) else _cat_as(y_hat_slices, y_hat_dtype)
+        out = None
+        if y_hat_dtype is not None:  # torch.cat casts into ``out``: no whole float64 ŷ first
+            first = y_hat_slices[0]
+            out = first.new_empty(first.shape[0], sum(t.shape[1] for t in y_hat_slices), *first.shape[2:], dtype=y_hat_dtype)
+        y_hat = torch.cat(y_hat_slices, dim=1, out=out)
         if not keep_parameters:
             return y_hat, None, None
         return y_hat, torch.cat(means, dim=1), torch.cat(scales, dim=1)
