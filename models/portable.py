@@ -136,6 +136,11 @@ def parameter_nets(model: nn.Module) -> ParameterNets:
     return cached[1]
 
 
+def release_parameter_nets(model: nn.Module) -> None:
+    """Drop ``model``'s float64 copy (the next ``parameter_nets`` call builds it again)."""
+    _NETS.pop(model, None)
+
+
 # ---------------------------------------------------------------------------------------- coder tables
 def update_tables(model: nn.Module, force: bool = False, update_quantiles: bool = False) -> bool:
     """Build every entropy model's CDF tables from float64 pmfs (CompressAI's ``update``, made portable)."""

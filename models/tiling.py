@@ -121,6 +121,7 @@ class Stage:
     rule: Step
     align: int = 1  # a band must start on a multiple of this (input rows)
     scale: Fraction = field(default=Fraction(1))  # output rows per input row
+    share: Fraction = field(default=Fraction(1))  # of the band it computes at once (wide maps: less)
 
     def exact(self, p: int, q: int, H: int) -> Tuple[int, int]:
         """Output rows computed exactly from input rows [p, q) of a map of H rows."""
@@ -196,10 +197,58 @@ def _clamped(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     return lambda x: fn(x).clamp(0, 1)
 
 
+# An enhancement block's dense buffers hold up to 195 channels at full resolution: its stages compute
+# this share of a band at a time, so that they need no more memory than the half-resolution TCBs.
+ENH_SHARE = Fraction(1, 2)
+
+
+def enh_stages(block: EnhBlock, clamp: bool = False) -> List[Stage]:
+    """An enhancement block streamed one 3×3 convolution at a time (``x + 0.2 · layers(x)``).
+
+    As one stage the block would compute its whole 11-row context again for every piece; as a stage
+    per convolution each repeats only its own row on either side. The maps passed between the stages
+    carry the block's input x in their first channels (for the residual), then the dense features,
+    and are channels-last: oneDNN then convolves them without first copying its input to another
+    layout (a copy as large as the input). The last stage returns a contiguous NCHW map.
+    """
+    db1, *middle, db2 = block.layers
+    assert isinstance(db1, DenseBlock) and isinstance(db2, DenseBlock)
+    c = db1.conv1.in_channels  # x's channels, carried in front
+    dense = (db1.conv1, db1.conv2, db1.conv3, db1.conv4), (db2.conv1, db2.conv2, db2.conv3, db2.conv4)
+
+    def stage(fn: Callable[[Tensor], Tensor], *convs: nn.Conv2d) -> Stage:
+        return Stage(fn, conv_step(sum(_conv_radius(conv) for conv in convs)), share=ENH_SHARE)
+
+    def grow(conv: nn.Conv2d, act: nn.Module, skip: int) -> Callable[[Tensor], Tensor]:
+        return lambda t: torch.cat((t, act(conv(t[:, skip:]))), dim=1)
+
+    def first(t: Tensor) -> Tensor:
+        return grow(db1.conv1, db1.act, 0)(t.contiguous(memory_format=torch.channels_last))
+
+    def middle_layers(t: Tensor) -> Tensor:
+        h = t[:, c:]
+        for layer in middle:
+            h = layer(h)
+        return torch.cat((t[:, :c], h), dim=1)
+
+    def last(t: Tensor) -> Tensor:
+        x = t[:, :c] + 0.2 * db2.conv5(t[:, c:])
+        return (x.clamp(0, 1) if clamp else x).contiguous()
+
+    return [
+        stage(first, db1.conv1),
+        *(stage(grow(conv, db1.act, 0), conv) for conv in dense[0][1:]),
+        stage(lambda t: torch.cat((t[:, :c], db1.conv5(t)), dim=1), db1.conv5),
+        stage(middle_layers, *middle),
+        *(stage(grow(conv, db2.act, c), conv) for conv in dense[1]),
+        stage(last, db2.conv5),
+    ]
+
+
 def analysis_stages(model: nn.Module) -> List[Stage]:
     """x → y: ``enh.forw_enh``, ``inv``, then every layer of ``g_a``."""
     return [
-        Stage(model.enh.forw_enh, conv_step(enh_radius(model.enh.forw_enh))),
+        *enh_stages(model.enh.forw_enh),
         Stage(model.inv, conv_step(inn_radius(model.inv))),
         *(layer_stage(m) for m in model.g_a),
     ]
@@ -210,10 +259,8 @@ def synthesis_stages(model: nn.Module, clamp: bool) -> List[Stage]:
     stages = [layer_stage(m) for m in model.g_s]
     if clamp:
         stages[-1].fn = _clamped(stages[-1].fn)
-    back = model.enh.back_enh
     stages.append(Stage(model.inv.reverse, conv_step(inn_radius(model.inv))))
-    stages.append(Stage(_clamped(back) if clamp else back, conv_step(enh_radius(back))))
-    return stages
+    return stages + enh_stages(model.enh.back_enh, clamp)
 
 
 # ------------------------------------------------------------------------------ entropy-parameter stages
@@ -421,7 +468,7 @@ def stream_rows(stages: Sequence[Stage], x: Union[Tensor, Sequence[Tensor]], row
     height = parts[0].shape[-2]
     streams, scale = [], Fraction(1, unit)  # resolution of the stage's input relative to the image
     for stage in stages:
-        band = int(rows * max(scale * stage.scale, Fraction(1, 2)))
+        band = int(rows * max(scale * stage.scale, Fraction(1, 2)) * stage.share)
         streams.append(_StageStream(stage, int(height * scale * unit), band))
         scale *= stage.scale
     out = parts[0].new_empty(0)

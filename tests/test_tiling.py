@@ -25,6 +25,7 @@ from models.tiling import (
     chain_halo,
     conv_step,
     enh_radius,
+    enh_stages,
     inn_radius,
     latent_band_rows,
     layer_stage,
@@ -83,6 +84,19 @@ def test_enh_and_inn_bands_equal_the_whole_image():
     for stage in (Stage(enh, conv_step(enh_radius(enh))), Stage(inn, conv_step(inn_radius(inn))),
                   Stage(inn.reverse, conv_step(inn_radius(inn)))):
         assert max(_streamed_vs_whole(stage, x, rows) for rows in (7, 30, 64)) <= 1e-5
+
+
+@pytest.mark.parametrize("clamp", [False, True])
+def test_enh_streamed_conv_by_conv_equals_the_block(clamp):
+    """One stage per convolution (channels-last maps carrying x for the residual) gives the block's
+    values at every band height, clamped like the decoder's last step, as a contiguous NCHW map."""
+    enh = _perturbed(EnhBlock(channels=8, growth=4))
+    x = torch.rand(1, 3, 97, 9)
+    with torch.no_grad():
+        whole = enh(x).clamp(0, 1) if clamp else enh(x)
+        for rows in (1, 2, 5, 16, 40):
+            out = stream_rows(enh_stages(enh, clamp), x, rows)
+            assert out.is_contiguous() and (out - whole).abs().max() <= 1e-5, rows
 
 
 def test_a_too_small_context_is_caught():
@@ -151,6 +165,21 @@ def test_a_file_encoded_whole_decodes_streamed_and_the_reverse(tiny_model):
         # x̂ agrees to float rounding before 8-bit quantisation; a value on a rounding edge may move.
         assert np.abs(picture - reference).max() <= 1, pair
         assert np.mean(picture != reference) < 1e-3, pair
+
+
+def test_a_streamed_decode_drops_the_float64_copy_and_the_next_rebuilds_it(tiny_model, image):
+    """A large latent's synthesis gets the parameter networks' float64 copy's memory; decoding again
+    builds the copy again and gives the same picture."""
+    from models.portable import _NETS
+
+    tiny_model.latent_tile = 8  # the 20×12 latent in bands of 8 rows, as a large image would be
+    with torch.inference_mode():
+        out = _with_tile(tiny_model, 64).compress(image)
+        assert tiny_model in _NETS
+        first = tiny_model.decompress(out["strings"], out["shape"])
+        assert tiny_model not in _NETS
+        again = tiny_model.decompress(out["strings"], out["shape"])
+    assert torch.equal(first["x_hat"], again["x_hat"]) and first["checks"] == again["checks"]
 
 
 def test_inference_streams_above_the_band_height_and_never_under_autograd(tiny_model, image, monkeypatch):

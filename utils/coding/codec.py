@@ -21,7 +21,7 @@ from .bitstream import DEFAULT_MAX_PIXELS, Bitstream, file_size, pixel_limit_pro
 from ..errors import UserError
 from ..image_io import to_tensor, to_uint8
 from ..metrics import bpp_from_bytes
-from ..padding import Padding, crop, pad_image
+from ..padding import Padding, compute_padding, crop, pad
 
 _FINGERPRINTS: "weakref.WeakKeyDictionary[nn.Module, bytes]" = weakref.WeakKeyDictionary()
 
@@ -54,8 +54,8 @@ def encode_image(model: nn.Module, rgb_uint8: np.ndarray) -> tuple[Bitstream, di
     device = next(model.parameters()).device
     start = time.perf_counter()
     with torch.inference_mode():
-        x, padding = pad_image(to_tensor(rgb_uint8).to(device))
-        out = model.compress(x)
+        padding = compute_padding(height, width)
+        out = model.compress(pad(to_tensor(rgb_uint8).to(device), padding))  # not kept: freed after the analysis
     encode_s = time.perf_counter() - start
 
     (y_string,), (z_string,) = out["strings"]
