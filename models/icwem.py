@@ -292,12 +292,13 @@ class ICWEM(CompressionModel):
             sigma = self._run_nets([nets.atten_scale[i], nets.cc_scale_transforms[i]], [latent_scales, *support], rows)
             sigma = sigma[:, :, :H, :W]
             y_hat_i = quantize(i, mu, sigma)
-            lrp = self._run_nets([nets.lrp_transforms[i]], [mean_in, y_hat_i], rows)
-            y_hat_slices.append(y_hat_i + 0.5 * torch.tanh(lrp))
             if keep_parameters:
                 means.append(mu)
                 scales.append(sigma)
-            del mean_in, mu, sigma, y_hat_i, lrp
+            del mu, sigma  # before the LRP network runs: on a large latent each is a 64-channel float64 map
+            lrp = self._run_nets([nets.lrp_transforms[i]], [mean_in, y_hat_i], rows)
+            y_hat_slices.append(y_hat_i + 0.5 * torch.tanh(lrp))
+            del mean_in, y_hat_i, lrp
         out = None
         if y_hat_dtype is not None:  # torch.cat casts into ``out``: no whole float64 ŷ first
             first = y_hat_slices[0]
