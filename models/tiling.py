@@ -30,6 +30,8 @@ blocks of five chained 3×3 convolutions, one 3×3 between them), the INN 72 row
 k = 5, 5, 3, 3), a strided residual block 2 rows of its output, a TCB up to one window (8 rows, its
 shifted half 4) and its 3×3 pair 2 rows. Chained without caching, these contexts would add up to a
 halo of 240 image rows on each side of every band (``chain_halo``) — why the stages stream instead.
+An enhancement block streams one convolution at a time (``enh_stages``) and the INN one operation
+at a time (``inn_stages``), so each layer repeats its own context, not the block's 11 or the INN's 72.
 
 Columns are never split, so every band has the whole map's column windows; the attention is the same
 code as for the whole map (``models/attention.py`` pads and masks a band exactly like a map).
@@ -154,18 +156,26 @@ def enh_radius(block: EnhBlock) -> int:
     return sum(_dense_radius(m) if isinstance(m, DenseBlock) else _conv_radius(m) for m in block.layers)
 
 
-def inn_radius(inn: InvertibleNetwork) -> int:
-    """Rows of context the INN reads on each side, either direction (72 for the published INN).
+def _operation_radius(op: nn.Module) -> int:
+    """Rows of context of one INN operation, either direction: an affine coupling's second half reads
+    the first half's output through a subnet (k×k, 1×1, k×k), so it reads two subnets' radii; the
+    invertible 1×1 convolutions read nothing around them."""
+    if not isinstance(op, AffineCoupling):
+        return 0
+    subnet = op.G1
+    return 2 * (_conv_radius(subnet.conv1) + (subnet.conv3.kernel_size[0] - 1) // 2)
 
-    A coupling's second half reads the first half's output through a subnet (k×k, 1×1, k×k), so each
-    coupling reads two subnets' radii; the 1×1 invertible convolutions read nothing around them.
-    """
-    radius = 0
-    for op in inn.operations:
-        if isinstance(op, AffineCoupling):
-            subnet = op.G1
-            radius += 2 * (_conv_radius(subnet.conv1) + (subnet.conv3.kernel_size[0] - 1) // 2)
-    return radius
+
+def inn_radius(inn: InvertibleNetwork) -> int:
+    """Rows of context the INN reads on each side, either direction (72 for the published INN)."""
+    return sum(_operation_radius(op) for op in inn.operations)
+
+
+def inn_stages(inn: InvertibleNetwork, reverse: bool = False) -> List[Stage]:
+    """The INN (or its inverse) streamed one operation at a time: each coupling computes only its own
+    2·(k − 1) rows of context again for a piece, not the whole network's 72."""
+    ops = list(reversed(inn.operations)) if reverse else list(inn.operations)
+    return [Stage(op.reverse if reverse else op, conv_step(_operation_radius(op))) for op in ops]
 
 
 def _tcb_rule(block: ConvTransBlock) -> Tuple[Step, int]:
@@ -249,7 +259,7 @@ def analysis_stages(model: nn.Module) -> List[Stage]:
     """x → y: ``enh.forw_enh``, ``inv``, then every layer of ``g_a``."""
     return [
         *enh_stages(model.enh.forw_enh),
-        Stage(model.inv, conv_step(inn_radius(model.inv))),
+        *inn_stages(model.inv),
         *(layer_stage(m) for m in model.g_a),
     ]
 
@@ -259,8 +269,7 @@ def synthesis_stages(model: nn.Module, clamp: bool) -> List[Stage]:
     stages = [layer_stage(m) for m in model.g_s]
     if clamp:
         stages[-1].fn = _clamped(stages[-1].fn)
-    stages.append(Stage(model.inv.reverse, conv_step(inn_radius(model.inv))))
-    return stages + enh_stages(model.enh.back_enh, clamp)
+    return stages + inn_stages(model.inv, reverse=True) + enh_stages(model.enh.back_enh, clamp)
 
 
 # ------------------------------------------------------------------------------ entropy-parameter stages
@@ -416,8 +425,10 @@ class _StageStream:
             return None
         assert lo <= self.done, "a stage lost rows it still needed"
         if hi - self.done > self.max_rows:
-            end = self._input_end(self.done + self.max_rows, end)
-            hi = self.stage.exact(self.start, end, self.height)[1]
+            hi = self.stage.exact(self.start, self._input_end(self.done + self.max_rows, end), self.height)[1]
+        # Only the input those rows need: rows past it (a window stage's partial window) wait for the
+        # next call instead of being computed now and again then.
+        end = self._input_end(hi, end)
         out = self.stage.fn(self.buffer[..., :end - self.start, :])
         first = int(self.start * self.stage.scale)
         emitted = out[..., self.done - first:hi - first, :]

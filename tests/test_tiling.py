@@ -27,6 +27,7 @@ from models.tiling import (
     enh_radius,
     enh_stages,
     inn_radius,
+    inn_stages,
     latent_band_rows,
     layer_stage,
     swatten_stages,
@@ -97,6 +98,16 @@ def test_enh_streamed_conv_by_conv_equals_the_block(clamp):
         for rows in (1, 2, 5, 16, 40):
             out = stream_rows(enh_stages(enh, clamp), x, rows)
             assert out.is_contiguous() and (out - whole).abs().max() <= 1e-5, rows
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_inn_streamed_operation_by_operation_equals_the_network(reverse):
+    inn = _perturbed(InvertibleNetwork())
+    x = torch.rand(1, 3, 150, 9)
+    with torch.no_grad():
+        whole = inn.reverse(x) if reverse else inn(x)
+        for rows in (1, 3, 10, 33):
+            assert (stream_rows(inn_stages(inn, reverse), x, rows) - whole).abs().max() <= 1e-5, rows
 
 
 def test_a_too_small_context_is_caught():
