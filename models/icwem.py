@@ -452,8 +452,8 @@ class ICWEM(CompressionModel):
 
         y_hat, _, _ = self._code_slices(latent_means, latent_scales, y_hw, decode_slice, nets, False, z_hat.dtype)
         del latent_means, latent_scales, nets  # two whole-latent float64 maps, not needed by the synthesis
-        if self._latent_rows(*y_hw):  # a large image: its synthesis needs the memory more than the next
-            release_parameter_nets(self)  # decode needs the float64 copy (340 MiB; rebuilt in < 1 s)
+        if self._latent_rows(*y_hw):  # a large image: its synthesis needs the float64 copy's memory (340 MiB
+            release_parameter_nets(self)  # for the published model) more than the next coding, which rebuilds it
         y_hat = y_hat.to(z_hat.device)
         return {"x_hat": self.synthesis(y_hat, clamp=True), "y_hat": y_hat, "checks": [c.value() for c in checks]}
 

@@ -232,8 +232,10 @@ def enh_stages(block: EnhBlock, clamp: bool = False) -> List[Stage]:
     def grow(conv: nn.Conv2d, act: nn.Module, skip: int) -> Callable[[Tensor], Tensor]:
         return lambda t: torch.cat((t, act(conv(t[:, skip:]))), dim=1)
 
+    grow_first = grow(db1.conv1, db1.act, 0)
+
     def first(t: Tensor) -> Tensor:
-        return grow(db1.conv1, db1.act, 0)(t.contiguous(memory_format=torch.channels_last))
+        return grow_first(t.contiguous(memory_format=torch.channels_last))
 
     def middle_layers(t: Tensor) -> Tensor:
         h = t[:, c:]
