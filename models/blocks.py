@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from compressai.layers import AttentionBlock, ResidualBlock, conv1x1
 from torch import Tensor
 
@@ -26,10 +29,20 @@ class ConvTransBlock(nn.Module):
         self.conv_block = ResidualBlock(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        conv_x, trans_x = torch.split(self.conv1_1(x), (self.dim, self.dim), dim=1)
+        conv_x, trans_x = self._halves(x)
         conv_x = self.conv_block(conv_x) + conv_x
         trans_x = self.trans_block(trans_x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return x + self.conv1_2(torch.cat((conv_x, trans_x), dim=1))
+
+    def _halves(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """``conv1_1(x)`` split into the conv half and the Swin half. A channels-last map (inference,
+        models/tiling.py) gets each half from its own convolution, so that each is a contiguous map and
+        the Swin half is a plain NHWC tensor for its LayerNorm and windows (a split would hand both
+        halves on as strided views, copied again further on)."""
+        if x.is_contiguous():
+            return torch.split(self.conv1_1(x), (self.dim, self.dim), dim=1)
+        w, b = self.conv1_1.weight, self.conv1_1.bias
+        return F.conv2d(x, w[:self.dim], b[:self.dim]), F.conv2d(x, w[self.dim:], b[self.dim:])
 
 
 def tcb_stage(dim: int, depth: int, head_dim: int, window_size: int, drop_paths=None) -> list:

@@ -17,7 +17,7 @@ class DenseBlock(nn.Module):
     """Five 3×3 convolutions, each reading the input and all earlier outputs (dense connectivity).
 
     Initialised near zero (conv1-4 Xavier × 0.1, conv5 zero) so that a fresh enhancement block
-    starts as the identity.
+    starts as the identity. Inference runs it as the stages of ``models.tiling.enh_stages``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, growth: int = 32) -> None:
@@ -34,22 +34,10 @@ class DenseBlock(nn.Module):
         nn.init.zeros_(self.conv5.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        convs = (self.conv1, self.conv2, self.conv3, self.conv4)
-        if torch.is_grad_enabled():
-            features = [x]
-            for conv in convs:
-                features.append(self.act(conv(torch.cat(features, dim=1))))
-            return self.conv5(torch.cat(features, dim=1))
-        # Inference: one buffer holds the input and every output, so each step reads a prefix of it
-        # (no copy for a single image) instead of concatenating all earlier features again.
-        B, C, H, W = x.shape
-        growth = self.conv1.out_channels
-        buf = x.new_empty(B, C + 4 * growth, H, W)
-        buf[:, :C] = x
-        for i, conv in enumerate(convs):
-            c = C + i * growth
-            buf[:, c:c + growth] = self.act(conv(buf[:, :c]))
-        return self.conv5(buf)
+        features = [x]
+        for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
+            features.append(self.act(conv(torch.cat(features, dim=1))))
+        return self.conv5(torch.cat(features, dim=1))
 
 
 class EnhBlock(nn.Module):

@@ -27,8 +27,8 @@ from .portable import (
 from .rans_chunks import CHUNK_SYMBOLS, ChunkedDecoder, ChunkedEncoder
 from .rans_guard import guarded
 from .tiling import (
-    analysis_stages, band_rows, hyper_stages, latent_band_rows, parameter_net_stages, stream_rows, swatten_stages,
-    synthesis_stages,
+    analysis_stages, band_rows, hyper_stages, latent_band_rows, parameter_net_stages, run_stages, stream_rows,
+    swatten_stages, synthesis_stages,
 )
 
 # Buffers that update() derives from the parameters; left out of the fingerprint so that it does not
@@ -190,30 +190,29 @@ class ICWEM(CompressionModel):
         return rows if 0 < rows < height and not torch.is_grad_enabled() else 0
 
     def analysis(self, x: Tensor) -> Tensor:
-        """x → y: feature attention, INN, then g_a (streamed in row bands, see ``tile``)."""
+        """x → y: feature attention, INN, then g_a. Inference runs them as the stages of models/tiling.py
+        (their layouts), on the whole image or streamed in row bands (see ``tile``)."""
         self._check_size(x)
+        if torch.is_grad_enabled():  # training: the modules as they are
+            return self.g_a(self.inv(self.enh.forw_enh(x)))
         rows = self._band_rows(*x.shape[-2:])
         with self._transform_precision(x):
-            if rows:
-                y = stream_rows(analysis_stages(self), x, rows)
-            else:
-                y = self.g_a(self.inv(self.enh.forw_enh(x)))
+            stages = analysis_stages(self)
+            y = stream_rows(stages, x, rows) if rows else run_stages(stages, x)
         return y.to(x.dtype) if self._bf16_active() else y
 
     def synthesis(self, y_hat: Tensor, clamp: bool = False) -> Tensor:
         """ŷ → x̂: g_s, INN reverse, feature attention. ``clamp`` reproduces the decoder's two clamps."""
+        if torch.is_grad_enabled():
+            x = self.g_s(y_hat)
+            x = self.enh.back_enh(self.inv.reverse(x.clamp(0, 1) if clamp else x))
+            return x.clamp(0, 1) if clamp else x
         f = self.downsampling_factor // 4  # image pixels per pixel of y (16)
         rows = self._band_rows(y_hat.shape[-2] * f, y_hat.shape[-1] * f)
         with self._transform_precision(y_hat):
-            if rows:
-                x = stream_rows(synthesis_stages(self, clamp), y_hat, rows, unit=f)
-                return x.to(y_hat.dtype) if self._bf16_active() else x
-            x = self.g_s(y_hat)
-            if clamp:
-                x = x.clamp(0, 1)
-            x = self.enh.back_enh(self.inv.reverse(x))
-        x = x.to(y_hat.dtype) if self._bf16_active() else x
-        return x.clamp(0, 1) if clamp else x
+            stages = synthesis_stages(self, clamp)
+            x = stream_rows(stages, y_hat, rows, unit=f) if rows else run_stages(stages, y_hat)
+        return x.to(y_hat.dtype) if self._bf16_active() else x
 
     def _bf16_active(self) -> bool:
         return self.bf16_transforms and not torch.is_grad_enabled()

@@ -257,21 +257,36 @@ def enh_stages(block: EnhBlock, clamp: bool = False) -> List[Stage]:
     ]
 
 
+def transform_stages(layers: nn.Sequential) -> List[Stage]:
+    """The layers of g_a or g_s, run on channels-last maps: oneDNN convolves those without first
+    copying each input to its own layout, and a TCB's Swin half is then a plain NHWC map (no copies
+    around its LayerNorms and windows). Measured with ``benchmarks/side_by_side.py``. The last layer
+    hands back a contiguous NCHW map, as the layers themselves do."""
+    stages = [layer_stage(m) for m in layers]
+    first, last = stages[0].fn, stages[-1].fn
+    stages[0].fn = lambda t: first(t.contiguous(memory_format=torch.channels_last))
+    stages[-1].fn = lambda t: last(t).contiguous()
+    return stages
+
+
 def analysis_stages(model: nn.Module) -> List[Stage]:
     """x → y: ``enh.forw_enh``, ``inv``, then every layer of ``g_a``."""
-    return [
-        *enh_stages(model.enh.forw_enh),
-        *inn_stages(model.inv),
-        *(layer_stage(m) for m in model.g_a),
-    ]
+    return [*enh_stages(model.enh.forw_enh), *inn_stages(model.inv), *transform_stages(model.g_a)]
 
 
 def synthesis_stages(model: nn.Module, clamp: bool) -> List[Stage]:
     """ŷ → x̂: every layer of ``g_s``, ``inv.reverse``, ``enh.back_enh`` (with the decoder's clamps)."""
-    stages = [layer_stage(m) for m in model.g_s]
+    stages = transform_stages(model.g_s)
     if clamp:
         stages[-1].fn = _clamped(stages[-1].fn)
     return stages + inn_stages(model.inv, reverse=True) + enh_stages(model.enh.back_enh, clamp)
+
+
+def run_stages(stages: Sequence[Stage], x: Tensor) -> Tensor:
+    """The stages on the whole map at once (an image small enough for one band)."""
+    for stage in stages:
+        x = stage.fn(x)
+    return x
 
 
 # ------------------------------------------------------------------------------ entropy-parameter stages

@@ -67,6 +67,18 @@ def test_tcb_bands_equal_the_whole_map_at_every_boundary_position(shifted):
     assert worst <= 1e-5
 
 
+@pytest.mark.parametrize("shifted", [False, True])
+def test_a_tcb_on_a_channels_last_map_equals_it_on_nchw(shifted):
+    """Inference runs g_a and g_s channels-last (``transform_stages``): the TCB then computes its
+    halves as two convolutions and hands back a channels-last map with the same values."""
+    block = _perturbed(ConvTransBlock(dim=8, head_dim=4, window_size=8, shifted=shifted))
+    x = torch.randn(1, 16, 21, 19)
+    with torch.no_grad():
+        out = block(x.contiguous(memory_format=torch.channels_last))
+        assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+        assert (out - block(x)).abs().max() <= 1e-5
+
+
 @pytest.mark.parametrize("make", [
     lambda: ResidualBlockWithStride(6, 8, stride=2),
     lambda: ResidualBlockUpsample(6, 8, 2),
@@ -153,6 +165,18 @@ def test_streamed_analysis_and_synthesis_equal_the_whole_image(tiny_model, image
         y = _with_tile(tiny_model, 0).analysis(image)
         x_hat = tiny_model.synthesis(y, clamp=True)
         assert (_with_tile(tiny_model, tile).analysis(image) - y).abs().max() <= TOLERANCE
+        assert (tiny_model.synthesis(y, clamp=True) - x_hat).abs().max() <= TOLERANCE
+
+
+def test_inference_stages_equal_the_modules(tiny_model, image):
+    """Outside autograd the transforms run as their stages (layouts of models/tiling.py) even on the
+    whole image; training runs the modules. Both give y and x̂ to float rounding, in NCHW."""
+    with torch.no_grad():
+        y = _with_tile(tiny_model, 0).analysis(image)
+        x_hat = tiny_model.synthesis(y, clamp=True)
+        assert y.is_contiguous() and x_hat.is_contiguous()
+    with torch.enable_grad():
+        assert (tiny_model.analysis(image) - y).abs().max() <= TOLERANCE
         assert (tiny_model.synthesis(y, clamp=True) - x_hat).abs().max() <= TOLERANCE
 
 
