@@ -20,7 +20,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -28,8 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import machine  # noqa: E402
+import models.icwem as icwem  # noqa: E402
 from models import ICWEM  # noqa: E402
 from models.portable import parameter_nets  # noqa: E402
+from models.tiling import enh_stages, inn_stages  # noqa: E402
 from side_by_side import photo_tensor  # noqa: E402
 
 
@@ -69,14 +71,23 @@ class BlockClock:
 
 
 def instrument(model: ICWEM, clock: BlockClock) -> None:
-    """Hook every top-level block of the shipping compress / decompress path."""
-    clock.hook(model.enh.forw_enh, "enh (forward)")
-    clock.hook(model.inv, "INN (forward)")
-    clock.hook(model.g_a, "g_a")
+    """Hook every top-level block of the shipping compress / decompress path. Inference runs the main
+    transforms as the stages of models/tiling.py, so those are timed stage by stage, labelled by block."""
+    n_enh, n_inn = len(enh_stages(model.enh.forw_enh)), len(inn_stages(model.inv))
+
+    def labelled(build: Callable, labels: Callable[[int], List[str]]) -> Callable:
+        def stages(*args):
+            out = build(*args)
+            for stage, label in zip(out, labels(len(out))):
+                stage.fn = clock.wrap(stage.fn, label)
+            return out
+        return stages
+
+    icwem.analysis_stages = labelled(
+        icwem.analysis_stages, lambda n: ["enh (forward)"] * n_enh + ["INN (forward)"] * n_inn + ["g_a"] * (n - n_enh - n_inn))
+    icwem.synthesis_stages = labelled(
+        icwem.synthesis_stages, lambda n: ["g_s"] * (n - n_inn - n_enh) + ["INN (reverse)"] * n_inn + ["enh (back)"] * n_enh)
     clock.hook(model.h_a, "h_a")
-    clock.hook(model.g_s, "g_s")
-    model.inv.reverse = clock.wrap(model.inv.reverse, "INN (reverse)")
-    clock.hook(model.enh.back_enh, "enh (back)")
     nets = parameter_nets(model) if model.portable_coding else model
     tag = " [float64 portable]" if model.portable_coding else ""
     for name in ("h_mean_s", "h_scale_s"):
