@@ -2,10 +2,14 @@
 
     python tools/ship_weights.py RUN/0.0035/checkpoint_best.pth.tar RUN/0.0067/... --name icwem-small
 
-Give the checkpoints lowest rate first (highest λ last): they become quality 1, 2, … Each file holds the
-state dict with every floating-point tensor rounded to float16 (integer buffers as they are), the model
-configuration, λ and the training step. The manifest records the fingerprint of the model *as loaded from
-the rounded file* (the one bitstreams name) and the file's SHA-256.
+Give the checkpoints lowest rate first: they become quality 1, 2, … Each file holds the state dict with
+every weight rounded to float16 and the buffers as they are (constants such as the likelihood bound 1e-9
+and GDN's pedestal 2^-36 would round to 0 in float16), the model configuration, λ and the training step.
+The manifest records the fingerprint of the model *as loaded from the rounded file* (the one bitstreams
+name) and the file's SHA-256. A shipped model's own name in its own place (``icwem-small-q2`` as the
+second argument) keeps that file and its manifest entry as they are, so one rate point can be replaced:
+
+    python tools/ship_weights.py icwem-small-q1 icwem-small-q2 RUN/0.013/checkpoint_best.pth.tar …
 """
 
 from __future__ import annotations
@@ -15,20 +19,22 @@ import hashlib
 import json
 import sys
 from pathlib import Path
+from typing import Collection
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
 from models import load_checkpoint, read_checkpoint, split_checkpoint  # noqa: E402
-from models.zoo import MANIFEST, WEIGHTS_DIR  # noqa: E402
+from models.checkpoint import model_from_state_dict  # noqa: E402
+from models.zoo import MANIFEST, WEIGHTS_DIR, shipped_models  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 
 
-def half_state_dict(state_dict: dict) -> dict:
-    """Floating-point tensors as float16; the coder's integer tables unchanged."""
-    return {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state_dict.items()}
+def half_state_dict(state_dict: dict, keep: Collection[str] = ()) -> dict:
+    """Floating-point tensors as float16, except those named in ``keep``; integer tensors unchanged."""
+    return {k: (v.half() if v.is_floating_point() and k not in keep else v).contiguous() for k, v in state_dict.items()}
 
 
 def main(argv=None) -> int:
@@ -38,15 +44,21 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
     entries = []
+    shipped = {entry["name"]: entry for entry in shipped_models()}
     for quality, path in enumerate(args.checkpoints, start=1):
+        name = f"{args.name}-q{quality}"
+        out = WEIGHTS_DIR / f"{name}.pt"
+        if path == name and name in shipped:  # kept as it is
+            entries.append(shipped[name])
+            print(f"{out}: kept (fingerprint {shipped[name]['fingerprint']})")
+            continue
         ckpt = read_checkpoint(path)
         state_dict, config = split_checkpoint(ckpt)
         if config is None:
             raise UserError(f"{path}: not one of our training checkpoints (no model_config)")
         lmbda = float(ckpt.get("args", {}).get("lmbda", float("nan")))
-        name = f"{args.name}-q{quality}"
-        out = WEIGHTS_DIR / f"{name}.pt"
-        torch.save({"state_dict": half_state_dict(state_dict), "model_config": config, "lambda": lmbda,
+        buffers = {key for key, _ in model_from_state_dict(state_dict, config).named_buffers()}
+        torch.save({"state_dict": half_state_dict(state_dict, buffers), "model_config": config, "lambda": lmbda,
                     "step": ckpt.get("step"), "epoch": ckpt.get("epoch")}, out,
                    # The zip format pads each of the ~1,600 tensors to 64 bytes: 0.25 MB more per file.
                    _use_new_zipfile_serialization=False)
