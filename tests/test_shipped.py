@@ -42,11 +42,24 @@ def test_each_shipped_file_is_small_float16_and_has_the_recorded_fingerprint(ent
     assert len(data) == entry["bytes"] <= 10_000_000
     assert hashlib.sha256(data).hexdigest() == entry["sha256"]
     stored = read_checkpoint(path)["state_dict"]
-    assert all(t.dtype == torch.float16 for t in stored.values() if t.is_floating_point())
     model = load_checkpoint(entry["name"])  # by name, as every script accepts
+    assert all(stored[name].dtype == torch.float16 for name, _ in model.named_parameters())
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert model.fingerprint().hex() == entry["fingerprint"]
     assert shipped_by_fingerprint(bytes.fromhex(entry["fingerprint"])) == path
+
+
+def test_float16_files_keep_the_constant_buffers(tiny_model):
+    """Weights are rounded to float16, buffers are not: the likelihood bound 1e-9 and GDN's pedestal
+    2^-36 would become 0 (an infinite rate estimate, a log of 0 when training from the file)."""
+    from tools.ship_weights import half_state_dict
+
+    buffers = {name for name, _ in tiny_model.named_buffers()}
+    halved = half_state_dict(tiny_model.state_dict(), buffers)
+    assert halved["g_a.0.conv1.weight"].dtype == torch.float16
+    bound = "gaussian_conditional.likelihood_lower_bound.bound"
+    assert halved[bound].dtype == torch.float32 and float(halved[bound]) == pytest.approx(1e-9)
+    assert float(half_state_dict(tiny_model.state_dict())[bound]) == 0.0  # what rounding everything did
 
 
 def test_unknown_names_are_paths_and_shipped_expands():

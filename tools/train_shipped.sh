@@ -3,7 +3,7 @@
 # one main run at a middle rate (λ 0.013), then each other rate point fine-tuned for one epoch from the
 # main run's best checkpoint. Then: python tools/ship_weights.py <the five checkpoints, lowest rate first>.
 # Usage: bash tools/train_shipped.sh RUNS_DIR       (SKIP_MAIN=1: only the fine-tunes)
-# The files shipped now come from a second round on top of round 1's main run (ROUND2=1 runs it instead of round 1's fine-tunes):
+# q1 and q2 come from a second round on top of round 1's main run (ROUND2=1 runs it instead of round 1's fine-tunes):
 # the main run continued with its optimizer and schedule to epoch 30, then each other rate point
 # continued from that run's end (optimizer state kept) to epoch 40 at its own λ.
 set -euo pipefail
@@ -19,7 +19,7 @@ if [ -z "${SKIP_MAIN:-}" ]; then
 fi
 # The lowest rate point was fine-tuned at 3e-4; at that rate the higher points lost 2 dB to the main
 # model (fresh Adam steps undo the end of its cosine schedule), so they use 1e-4.
-if [ -z "${ROUND2:-}" ]; then
+if [ -z "${ROUND2:-}" ] && [ -z "${ROUND3:-}" ]; then
 python -u train.py "${COMMON[@]}" --lambda 0.0025 -lr 3e-4 --epochs 1 --checkpoint "$MAIN" --no-continue_train \
     --save_path "$RUNS/finetune" --max-minutes 15
 for L in 0.006 0.03 0.08; do
@@ -41,4 +41,18 @@ if [ -n "${ROUND2:-}" ]; then
     done
     # then: python tools/ship_weights.py $RUNS/round2/finetune/0.0008/checkpoint_latest.pth.tar \
     #   $RUNS/round2/finetune/0.004/… $RUNS/round2/main/0.013/… $RUNS/round2/finetune/0.045/… $RUNS/round2/finetune/0.15/…
+fi
+
+if [ -n "${ROUND3:-}" ]; then
+    # q3, q4, q5 come from a third round on round 2's main run (after ROUND2=1): the main run continued with its
+    # optimizer to epoch 64 (a warm cosine restart at 5.3e-4, decaying to 1e-5), then q4 and q5 continued from its
+    # end at their λ (--epochs 72) and were stopped with Ctrl-C after epoch 68 (10 minutes each, run side by side).
+    python -u train.py "${COMMON[@]}" --lambda 0.013 -lr 1e-3 --epochs 64 --continue_train \
+        --checkpoint "$RUNS/round2/main/0.013/checkpoint_latest.pth.tar" --save_path "$RUNS/round3/main" --max-minutes 110
+    for L in 0.045 0.15; do
+        python -u train.py "${COMMON[@]}" --lambda $L -lr 1e-3 --epochs 72 --continue_train \
+            --checkpoint "$RUNS/round3/main/0.013/checkpoint_latest.pth.tar" --save_path "$RUNS/round3/finetune" --max-minutes 10
+    done
+    # then: python tools/ship_weights.py icwem-small-q1 icwem-small-q2 $RUNS/round3/main/0.013/checkpoint_best.pth.tar \
+    #   $RUNS/round3/finetune/0.045/checkpoint_latest.pth.tar $RUNS/round3/finetune/0.15/checkpoint_latest.pth.tar
 fi
