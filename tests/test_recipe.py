@@ -3,12 +3,15 @@ on the decoder's picture (``--decoder-clamp``); the crops and flips themselves a
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from conftest import photo_tensor
 from losses import RateDistortionLoss
 from utils.training import COSINE_FINAL_FACTOR, TrainConfig, make_scheduler
+from utils.training.setup import resume_schedule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,6 +29,41 @@ def test_cosine_schedule_decays_over_the_epochs_to_its_floor():
     assert all(a > b for a, b in zip(rates, rates[1:]))
     assert rates[2] == pytest.approx(1e-3 * (1 + COSINE_FINAL_FACTOR) / 2)
     assert rates[4] == pytest.approx(1e-3 * COSINE_FINAL_FACTOR)
+
+
+def _scheduler_after(epochs_run: int, **flags):
+    optimizer = torch.optim.Adam(torch.nn.Linear(2, 2).parameters(), lr=1e-3)
+    scheduler = make_scheduler(optimizer, TrainConfig(dataset="x", **flags))
+    for _ in range(epochs_run):
+        optimizer.step()
+        scheduler.step()
+    return optimizer, scheduler
+
+
+@pytest.mark.parametrize("before, after, epoch_rate", [
+    ({"epochs": 4, "lr_schedule": "cosine"}, {"epochs": 8, "lr_schedule": "cosine"},
+     1e-3 * (COSINE_FINAL_FACTOR + (1 - COSINE_FINAL_FACTOR) * 0.5 * (1 + math.cos(math.pi * 3 / 8)))),
+    ({"epochs": 9, "lr_epoch": [2]}, {"epochs": 9, "lr_epoch": [5]}, 1e-3),
+])
+def test_a_continued_run_takes_the_changed_schedule_from_its_first_epoch(before, after, epoch_rate):
+    """Continuing with a longer --epochs (a warm cosine restart) or new milestones: the resumed epoch already
+    runs at the new schedule's rate, not at the rate the checkpoint's last epoch ended with."""
+    old_optimizer, old_scheduler = _scheduler_after(3, **before)
+    optimizer, scheduler = _scheduler_after(0, **after)
+    optimizer.load_state_dict(old_optimizer.state_dict())
+    scheduler.load_state_dict(old_scheduler.state_dict())
+    assert optimizer.param_groups[0]["lr"] != pytest.approx(epoch_rate)
+    assert resume_schedule(scheduler, TrainConfig(dataset="x", **after)) == pytest.approx(epoch_rate)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(epoch_rate)
+    assert scheduler.get_last_lr()[0] == pytest.approx(epoch_rate)
+
+
+@pytest.mark.parametrize("flags", [{"epochs": 4, "lr_schedule": "cosine"}, {"epochs": 9, "lr_epoch": [1, 2]}])
+def test_an_unchanged_schedule_resumes_with_its_rate_bit_for_bit(flags):
+    optimizer, scheduler = _scheduler_after(3, **flags)
+    rate = optimizer.param_groups[0]["lr"]
+    assert resume_schedule(scheduler, TrainConfig(dataset="x", **flags)) is None
+    assert optimizer.param_groups[0]["lr"] == rate
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ the point); the others call ``utils.training.train``.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 import torch
 
 from conftest import run_in_process, write_photo
-from utils.training import LATEST, TrainConfig, train
+from utils.training import COSINE_FINAL_FACTOR, LATEST, TrainConfig, train
 from utils.training.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,6 +190,18 @@ def test_max_minutes_reached_on_an_epochs_last_step_finishes_that_epoch(data, tm
     assert [epoch["epoch"] for epoch in result.history] == [0]  # tested, then stopped before epoch 1
     assert (tmp_path / "0.05" / "checkpoint_best.pth.tar").is_file()
     assert torch.load(tmp_path / "0.05" / LATEST, weights_only=True)["data_position"]["epoch"] == 1
+
+
+def test_continuing_with_more_epochs_restarts_the_cosine_schedule_at_once(data, tmp_path, capsys):
+    """A finished cosine run continued with a larger --epochs (a warm restart): the first resumed epoch
+    already runs at the new schedule's rate, not at the floor the checkpoint ended on."""
+    done = train(config(data, tmp_path, lr_schedule="cosine", epochs=1))
+    assert done.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * COSINE_FINAL_FACTOR)
+    resumed = train(config(data, tmp_path, lr_schedule="cosine", epochs=3, max_steps=3,
+                           checkpoint=str(tmp_path / "0.05" / LATEST)))
+    restart = 1e-4 * (COSINE_FINAL_FACTOR + (1 - COSINE_FINAL_FACTOR) * 0.5 * (1 + math.cos(math.pi / 3)))
+    assert resumed.step == 3 and resumed.optimizer.param_groups[0]["lr"] == pytest.approx(restart)
+    assert f"learning rate now {restart:.2e}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("layout", ["state_dict only", "bare state dict"])

@@ -52,7 +52,17 @@ from .distributed import (
     distributed_context,
     parameters_in_sync,
 )
-from .setup import Data, autocast_for, build_data, build_model, distribute, new_state, seed_everything, training_device
+from .setup import (
+    Data,
+    autocast_for,
+    build_data,
+    build_model,
+    distribute,
+    new_state,
+    resume_schedule,
+    seed_everything,
+    training_device,
+)
 from .signals import StopSignals
 from .state import TrainState
 from .step import train_step
@@ -164,11 +174,12 @@ def resume(state: TrainState, checkpoint: Optional[dict], cfg: TrainConfig, ctx:
             raise UserError(f"{cfg.checkpoint}: its optimizer state does not fit this model ({exc}); "
                             f"use --no-continue_train to start from its weights only") from None
         scheduler = state.scheduler
-        if isinstance(scheduler, MultiStepLR) and Counter(cfg.lr_epoch) != scheduler.milestones:
-            if ctx.master:
-                print(f"note: learning-rate milestones now {list(cfg.lr_epoch)} (--lr_epoch), "
-                      f"checkpoint had {sorted(scheduler.milestones.elements())}")
-            scheduler.milestones = Counter(cfg.lr_epoch)
+        if isinstance(scheduler, MultiStepLR) and Counter(cfg.lr_epoch) != scheduler.milestones and ctx.master:
+            print(f"note: learning-rate milestones now {list(cfg.lr_epoch)} (--lr_epoch), "
+                  f"checkpoint had {sorted(scheduler.milestones.elements())}")
+        rate = resume_schedule(scheduler, cfg)
+        if rate is not None and ctx.master:
+            print(f"note: learning rate now {rate:.2e} (the schedule of --epochs/--lr_epoch as given now)")
         notes = state.load_counters(checkpoint, cfg.batch_size, ctx.world_size, samples_per_epoch)
         if ctx.master:
             for note in notes:

@@ -7,8 +7,10 @@ exact resume only through the global torch generator, which the model's initiali
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import ContextManager, Optional, Tuple
@@ -130,6 +132,31 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
             return COSINE_FINAL_FACTOR + (1 - COSINE_FINAL_FACTOR) * 0.5 * (1 + math.cos(math.pi * progress))
         return LambdaLR(optimizer, factor)
     return MultiStepLR(optimizer, milestones=list(cfg.lr_epoch), gamma=0.1)
+
+
+def resume_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, cfg: TrainConfig) -> Optional[float]:
+    """Give a restored scheduler the schedule the flags now define, from the resumed epoch on.
+
+    A restored scheduler holds its checkpoint's milestones and the rate its last step set; after a changed
+    --epochs (cosine) or --lr_epoch that stale rate would otherwise last one more epoch. Returns the new main
+    rate if it changed, else None (an unchanged schedule keeps its rates bit for bit: exact resume).
+    """
+    epoch = scheduler.last_epoch
+    if isinstance(scheduler, LambdaLR):  # its factor is built from cfg, never stored in the checkpoint
+        rates = [base * factor(epoch) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    elif isinstance(scheduler, MultiStepLR):
+        scheduler.milestones = Counter(cfg.lr_epoch)
+        passed = bisect.bisect_right(sorted(scheduler.milestones.elements()), epoch)
+        rates = [base * scheduler.gamma ** passed for base in scheduler.base_lrs]
+    else:
+        return None
+    groups = scheduler.optimizer.param_groups
+    if all(math.isclose(g["lr"], r, rel_tol=1e-9) for g, r in zip(groups, rates)):
+        return None
+    for group, rate in zip(groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = rates  # what get_last_lr() reports
+    return rates[0]
 
 
 def new_state(cfg: TrainConfig, model: nn.Module, model_config: dict) -> TrainState:
