@@ -11,7 +11,8 @@ written by the parent, loaded by both) and code the same photo; the parent asks 
 (one warm-up each, then ``--runs`` rounds, order swapped every round), so slow phases of a shared
 machine hit both. Only one worker computes at a time. Printed: per-op medians, the ratio, the bytes of
 both and whether they are equal, the largest and mean absolute difference of the two decoded pictures,
-each worker's peak resident memory, and the machine: CPU model, measured 2048² matmul rates in fp32 and
+each worker's peak resident memory, each side's FLOPs (counted in a separate pass) with the share of the
+fp32 matmul rate it reached and the ceiling that rate puts on any speed-up, and the machine: CPU model, measured 2048² matmul rates in fp32 and
 bf16, and the cores' theoretical fp32 FMA peak. Every number is measured in the run that prints it.
 
 The original's code is only imported and timed, in its own process; nothing of it is copied here.
@@ -20,6 +21,7 @@ The original's code is only imported and timed, in its own process; nothing of i
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -80,7 +82,9 @@ def _codec_op(model: torch.nn.Module, x: torch.Tensor, out_dir: Path, who: str) 
 
 def _train_step_fn(model: torch.nn.Module, amp: bool, batch: int = 2, patch: int = 256):
     """One step of the published recipe, the same code for both models: λ·255²·MSE + bpp, Adam on the
-    weights with gradient clipping, a second Adam on the entropy bottleneck's quantiles (aux loss)."""
+    weights with gradient clipping, a second Adam on the entropy bottleneck's quantiles (aux loss).
+    It trains a copy, so the codec op keeps coding with the shared weights."""
+    model = copy.deepcopy(model)
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(batch, 3, patch, patch, generator=gen)
     main = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
@@ -106,6 +110,25 @@ def _train_step_fn(model: torch.nn.Module, amp: bool, batch: int = 2, patch: int
     return step
 
 
+def _count_flops(model: torch.nn.Module, x: torch.Tensor, op: str, steps: Dict) -> Dict:
+    """The floating-point operations of one op (convolutions and matrix products, 2 per multiply-add, as
+    torch.utils.flop_counter counts them), by phase; a separate pass, so the timed runs are unaffected."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def count(fn) -> float:
+        with FlopCounterMode(display=False) as counter:
+            result = fn()
+        return counter.get_total_flops(), result
+
+    if op == "codec":
+        with torch.no_grad():  # the counter's module hooks do not run under inference_mode
+            compress, enc = count(lambda: model.compress(x))
+            decompress, _ = count(lambda: model.decompress(enc["strings"], enc["shape"]))
+        return {"compress_flops": compress, "decompress_flops": decompress, "codec_flops": compress + decompress}
+    train, _ = count(steps.setdefault(op, _train_step_fn(model, op == "train_bf16")))
+    return {"train_flops": train}
+
+
 def _peak_rss_gib() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM"):
@@ -124,7 +147,9 @@ def worker(args: argparse.Namespace) -> int:
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         op = json.loads(line)
-        if op["op"] == "codec":
+        if op["op"].startswith("flops:"):
+            result = _count_flops(model, x, op["op"].split(":", 1)[1], steps)
+        elif op["op"] == "codec":
             result = _codec_op(model, x, out_dir, args.worker)
         else:
             amp = op["op"] == "train_bf16"
@@ -204,6 +229,8 @@ def alternate(workers: List[Worker], ops: Sequence[str], runs: int) -> Dict[str,
         for w in workers:
             w.ask(op)
             print(f"# warm-up {op} {w.who} done", flush=True)
+            results[w.who][f"flops:{op}"] = [w.ask(f"flops:{op}")]
+            print(f"# FLOPs of {op} counted for {w.who}", flush=True)
     for r in range(runs):
         order = workers if r % 2 == 0 else workers[::-1]
         for op in ops:
@@ -226,8 +253,10 @@ def report(results: Dict, workdir: Path, ops: Sequence[str], machine_rows: Dict,
           f"bf16 {m['bf16_gflops']:.1f} GFLOP/s ({m['bf16_n']}²); theoretical fp32 FMA peak {m['peak_fp32_gflops']:.0f} GFLOP/s "
           f"({m['mhz']:.0f} MHz nominal).")
     print(f"**Photo**: {photo}; ours' transforms in bf16: {args.ours_bf16}; median of {args.runs} after a warm-up.\n")
-    print("| operation | original s | ours s | speed-up | original peak GiB | ours peak GiB |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| operation | original s | ours s | speed-up | TFLOP original / ours | % of fp32 matmul rate original / "
+          "ours | ceiling | original peak GiB | ours peak GiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rate = m["fp32_gflops"] * 1e9
     keys = {"codec": ["compress_s", "decompress_s", "codec_s"], "train": ["train_s"], "train_bf16": ["train_s"]}
     names = {"compress_s": "compress", "decompress_s": "decompress", "codec_s": "compress + decompress",
              "train_s": "train step (2×256², fp32)"}
@@ -236,8 +265,15 @@ def report(results: Dict, workdir: Path, ops: Sequence[str], machine_rows: Dict,
         for key in keys[op]:
             name = names[key] if op != "train_bf16" else "train step (2×256², bf16 autocast)"
             mo, mu = _median(o, key), _median(u, key)
-            print(f"| {name} | {mo:.2f} | {mu:.2f} | {mo / mu:.2f}× | {max(r['peak_rss_gib'] for r in o):.2f} | "
-                  f"{max(r['peak_rss_gib'] for r in u):.2f} |")
+            flops_key = key.replace("_s", "_flops")
+            fo, fu = (results[who][f"flops:{op}"][0][flops_key] for who in ("original", "ours"))
+            # ceiling: the original's time over the fastest its FLOPs can run, all at the fp32 matmul rate
+            print(f"| {name} | {mo:.2f} | {mu:.2f} | {mo / mu:.2f}× | {fo / 1e12:.2f} / {fu / 1e12:.2f} | "
+                  f"{100 * fo / mo / rate:.0f} % / {100 * fu / mu / rate:.0f} % | {mo * rate / fo:.2f}× | "
+                  f"{max(r['peak_rss_gib'] for r in o):.2f} | {max(r['peak_rss_gib'] for r in u):.2f} |")
+    print("\nTFLOP: convolutions and matrix products (2 per multiply-add; torch.utils.flop_counter, a separate pass). "
+          "Ceiling: the original's time over its FLOPs at the measured fp32 matmul rate, the speed-up an "
+          "implementation running every one of those FLOPs at that rate would reach.")
     if "codec" in ops:
         same = {s: (workdir / f"original_{s}.bin").read_bytes() == (workdir / f"ours_{s}.bin").read_bytes() for s in "yz"}
         a, b = (workdir / "original_y.bin").read_bytes(), (workdir / "ours_y.bin").read_bytes()
