@@ -84,3 +84,29 @@ def test_quantiles_alone_go_to_the_aux_optimizer():
     assert not set(main) & set(aux)
     assert set(main) | set(aux) == set(names.values())
     assert optimizer.param_groups[0]["lr"] == 1e-4 and aux_optimizer.param_groups[0]["lr"] == 1e-3
+
+
+def test_adam_is_fused_on_the_cpu_also_after_loading_an_unfused_checkpoint():
+    """PyTorch's CPU default is a Python loop over every tensor; fused computes the same step 4-5x faster.
+    A checkpoint written by the plain Adam carries fused=None in its groups: loading it keeps ours fused."""
+    from models import ICWEM, get_config
+    from utils.training import TrainState
+
+    torch.manual_seed(0)
+    model = ICWEM(**get_config("tiny"))
+    optimizer, aux_optimizer = configure_optimizers(model, lr=1e-4, aux_lr=1e-3)
+    assert optimizer.param_groups[0]["fused"] and aux_optimizer.param_groups[0]["fused"]
+    plain = torch.optim.Adam(optimizer.param_groups[0]["params"], lr=1e-4)
+    plain_aux = torch.optim.Adam(aux_optimizer.param_groups[0]["params"], lr=1e-3)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    plain.step()
+    plain_aux.step()
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [10])
+    state = TrainState(model=model, model_config={}, optimizer=optimizer, aux_optimizer=aux_optimizer,
+                       scheduler=scheduler, scaler=torch.amp.GradScaler("cuda", enabled=False))
+    state.load_optimizers({"optimizer": plain.state_dict(), "aux_optimizer": plain_aux.state_dict(),
+                           "lr_scheduler": scheduler.state_dict()})
+    assert plain.param_groups[0]["fused"] is None
+    assert optimizer.param_groups[0]["fused"] and aux_optimizer.param_groups[0]["fused"]
+    assert optimizer.state_dict()["state"][0]["step"].item() == 1  # the checkpoint's moments came in

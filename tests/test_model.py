@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from conftest import FIXTURES, TINY, photo_tensor
@@ -133,6 +134,30 @@ def test_coupling_reverse_and_identity_at_init():
         y = layer(x)
         assert torch.equal(y[:, :1], x[:, :1] * layer._scale(layer.G2(x[:, 1:])) + layer.H2(x[:, 1:]))
         assert (layer.reverse(y) - x).abs().max() <= 1e-10
+
+
+@pytest.mark.parametrize("channels, kernel", [((1, 4), 5), ((2, 2), 5), ((2, 1), 3), ((1, 1), 3)])
+def test_few_channel_convolution_matches_conv2d_in_value_and_gradient(channels, kernel):
+    """The couplings' convolutions take PyTorch's im2col path under autograd on the CPU (fast backward at
+    1-4 channels); outside autograd they are F.conv2d itself, so coded pictures do not move."""
+    from models.inn import few_channel_conv
+
+    c_in, c_out = channels
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, c_in, 20, 24, generator=gen)
+    w = torch.randn(c_out, c_in, kernel, kernel, generator=gen)
+    b = torch.randn(c_out, generator=gen)
+    probe = torch.randn(2, c_out, 20, 24, generator=gen)
+    grads = []
+    for conv in (few_channel_conv, lambda *a: F.conv2d(*a[:3], padding=a[3])):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        out = conv(*leaves, kernel // 2)
+        (out * probe).sum().backward()
+        grads.append([out.detach()] + [t.grad for t in leaves])
+    for ours, reference in zip(*grads):
+        assert (ours - reference).abs().max() <= 1e-5 * max(1.0, reference.abs().max().item())
+    with torch.no_grad():
+        assert torch.equal(few_channel_conv(x, w, b, kernel // 2), F.conv2d(x, w, b, padding=kernel // 2))
 
 
 def test_coupling_scale_is_soft_clamped():

@@ -16,6 +16,10 @@ import torch
 import torch.nn as nn
 
 
+# Adam settings that say how a step is computed, not what it computes.
+IMPLEMENTATION_KEYS = ("fused", "foreach")
+
+
 @dataclass
 class TrainState:
     """The model (never its DDP wrapper), both optimizers, the schedule, the scaler and the counters.
@@ -76,9 +80,16 @@ class TrainState:
         return state
 
     def load_optimizers(self, checkpoint: dict) -> None:
-        """Both optimizers, the schedule and the scaler; KeyError or ValueError if they do not fit."""
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.aux_optimizer.load_state_dict(checkpoint["aux_optimizer"])
+        """Both optimizers, the schedule and the scaler; KeyError or ValueError if they do not fit.
+
+        A saved param group also carries how its step was computed (fused/foreach); that stays this run's
+        choice (``losses.adam_implementation``), so a checkpoint from before it or from another device
+        does not switch the fast path off."""
+        for optimizer, key in ((self.optimizer, "optimizer"), (self.aux_optimizer, "aux_optimizer")):
+            chosen = [{k: group[k] for k in IMPLEMENTATION_KEYS} for group in optimizer.param_groups]
+            optimizer.load_state_dict(checkpoint[key])
+            for group, keep in zip(optimizer.param_groups, chosen):
+                group.update(keep)
         self.scheduler.load_state_dict(checkpoint["lr_scheduler"])
         if self.scaler.is_enabled() and "scaler" in checkpoint:
             self.scaler.load_state_dict(checkpoint["scaler"])
