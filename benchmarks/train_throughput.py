@@ -9,6 +9,10 @@ and the table prints each beside the first row (the reference: the old demo's se
 of 64×64 on one thread) as a ratio. Steps are timed after --warmup steps, median of --runs. bf16 autocast
 rows are added only where the CPU has AVX512-BF16 or AMX (read from /proc/cpuinfo). FLOPs count a
 multiply-add as 2 and are those of the forward pass (a training step costs about 3×).
+
+``--baseline DIR`` (another checkout of this project, e.g. ``git worktree add ../icwem-before <commit>``)
+runs the reference row with that checkout's code, so the ratios compare two versions side by side in
+one run; each version's own ``benchmarks/speed.py`` builds its model and its train.py step.
 """
 
 from __future__ import annotations
@@ -48,7 +52,9 @@ def flops_by_block(preset: str, patch: int) -> Dict[str, float]:
     torch.manual_seed(0)
     model = ICWEM(**get_config(preset))
     x = torch.rand(1, 3, patch, patch)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    # Under autograd, as in training: outside it the transforms run as stages (models.tiling), not as the
+    # modules whose names the counter tracks.
+    with FlopCounterMode(display=False) as counter:
         model(x)
     counts = counter.get_flop_counts()
     total = sum(counts["Global"].values())
@@ -86,8 +92,9 @@ def one(preset: str, batch: int, patch: int, threads: int, bf16: bool, compile_:
             "peak_gib": _peak_memory_gib(torch.device("cpu"))}
 
 
-def run_config(cfg: dict, warmup: int, runs: int) -> dict:
-    cmd = [sys.executable, __file__, "_one", json.dumps(cfg), str(warmup), str(runs)]
+def run_config(cfg: dict, warmup: int, runs: int, root: Path = REPO) -> dict:
+    """One configuration in its own process, importing the project at ``root``."""
+    cmd = [sys.executable, __file__, "_one", json.dumps(cfg), str(warmup), str(runs), str(root)]
     env_threads = {"OMP_NUM_THREADS": str(cfg["threads"])}
     import os
 
@@ -107,6 +114,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--baseline", type=Path, help="checkout of another version whose code runs the reference row")
     return p.parse_args(argv)
 
 
@@ -122,7 +130,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bf16_options = [False, True] if cpu_has_bf16() else [False]
     if not cpu_has_bf16():
         print("bf16 autocast: not measured (this CPU has neither AVX512-BF16 nor AMX)")
-    configs = [dict(preset="tiny", batch=4, patch=64, threads=1, bf16=False, compile=False)]  # the old demo
+    reference = dict(preset="tiny", batch=4, patch=64, threads=1, bf16=False, compile=False)  # the old demo
+    configs = [reference]
+    if args.baseline:
+        if not (args.baseline / "benchmarks" / "speed.py").is_file():
+            raise SystemExit(f"error: {args.baseline} is not a checkout of this project (no benchmarks/speed.py)")
+        print(f"reference row: {args.baseline}'s code (git {_commit(args.baseline)}); the others: {REPO} "
+              f"(git {_commit(REPO)})")
     for preset in args.presets:
         for batch in args.batches:
             for patch in args.patches:
@@ -140,8 +154,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows: List[dict] = []
     print(f"\n{'preset':6s} {'batch':>5s} {'patch':>5s} {'thr':>3s} {'bf16':>4s} {'compile':>7s} | {'s/step':>7s} "
           f"{'steps/s':>7s} {'kpx/s':>7s} {'vs ref':>6s} {'peak GiB':>8s} {'1st step s':>10s}")
-    for cfg in configs:
-        r = run_config(cfg, args.warmup, args.runs)
+    for i, cfg in enumerate(configs):
+        root = args.baseline if args.baseline and i == 0 else REPO
+        r = run_config(cfg, args.warmup, args.runs, root)
         rows.append(r)
         head = f"{r['preset']:6s} {r['batch']:5d} {r['patch']:5d} {r['threads']:3d} {str(r['bf16'])[0]:>4s} {str(r['compile'])[0]:>7s} |"
         if "error" in r:
@@ -155,8 +170,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def _commit(root: Path) -> str:
+    done = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_one":
+        root = Path(sys.argv[5])  # this version's models/, losses/, utils/ and benchmarks/speed.py come first
+        sys.path[:0] = [str(root), str(root / "benchmarks")]
         cfg = json.loads(sys.argv[2])
         print(json.dumps(one(cfg["preset"], cfg["batch"], cfg["patch"], cfg["threads"], cfg["bf16"], cfg["compile"],
                              int(sys.argv[3]), int(sys.argv[4]))))
