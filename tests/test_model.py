@@ -156,6 +156,7 @@ def test_few_channel_convolution_matches_conv2d_in_value_and_gradient(channels, 
         grads.append([out.detach()] + [t.grad for t in leaves])
     for ours, reference in zip(*grads):
         assert (ours - reference).abs().max() <= 1e-5 * max(1.0, reference.abs().max().item())
+    assert torch.backends.mkldnn.is_available() == torch._C._get_mkldnn_enabled()  # the switch is back on
     with torch.no_grad():
         assert torch.equal(few_channel_conv(x, w, b, kernel // 2), F.conv2d(x, w, b, padding=kernel // 2))
 
