@@ -11,7 +11,7 @@ written by the parent, loaded by both) and code the same photo; the parent asks 
 (one warm-up each, then ``--runs`` rounds, order swapped every round), so slow phases of a shared
 machine hit both. Only one worker computes at a time. Printed: per-op medians, the ratio, the bytes of
 both and whether they are equal, the largest and mean absolute difference of the two decoded pictures,
-each worker's peak resident memory, each side's FLOPs (counted in a separate pass) with the share of the
+each op's peak resident memory (fresh workers per op; FLOPs are counted in others), each side's FLOPs (counted in a separate pass) with the share of the
 fp32 matmul rate it reached and the ceiling that rate puts on any speed-up, and the machine: CPU model, measured 2048² matmul rates in fp32 and
 bf16, and the cores' theoretical fp32 FMA peak. Every number is measured in the run that prints it.
 
@@ -229,8 +229,6 @@ def alternate(workers: List[Worker], ops: Sequence[str], runs: int) -> Dict[str,
         for w in workers:
             w.ask(op)
             print(f"# warm-up {op} {w.who} done", flush=True)
-            results[w.who][f"flops:{op}"] = [w.ask(f"flops:{op}")]
-            print(f"# FLOPs of {op} counted for {w.who}", flush=True)
     for r in range(runs):
         order = workers if r % 2 == 0 else workers[::-1]
         for op in ops:
@@ -313,12 +311,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="icwem-sbs-") as tmp:
         workdir = Path(tmp)
         photo = write_inputs(workdir, size, args.image, args.seed)
-        workers = [Worker("ours", args, workdir), Worker("original", args, workdir)]
-        try:
-            results = alternate(workers, args.ops, args.runs)
-        finally:
-            for w in workers:
-                w.close()
+        results: Dict[str, Dict[str, List[Dict]]] = {"ours": {}, "original": {}}
+        for op in args.ops:  # fresh workers per op and for counting: each peak is that op's timed runs alone
+            for counting in (True, False):
+                workers = [Worker("ours", args, workdir), Worker("original", args, workdir)]
+                try:
+                    if counting:
+                        for w in workers:
+                            results[w.who][f"flops:{op}"] = [w.ask(f"flops:{op}")]
+                            print(f"# FLOPs of {op} counted for {w.who}", flush=True)
+                    else:
+                        for who, rows in alternate(workers, [op], args.runs).items():
+                            results[who].update(rows)
+                finally:
+                    for w in workers:
+                        w.close()
         report(results, workdir, args.ops, m, photo, args)
     return 0
 
