@@ -3,6 +3,7 @@
 # one main run at a middle rate (λ 0.013), then each other rate point fine-tuned for one epoch from the
 # main run's best checkpoint. Then: python tools/ship_weights.py <the five checkpoints, lowest rate first>.
 # Usage: bash tools/train_shipped.sh RUNS_DIR       (SKIP_MAIN=1: only the fine-tunes)
+# Rounds 2-4 (ROUND2=1, ROUND3=1, ROUND4=1, each with SKIP_MAIN=1 after the first) build on each other.
 # q1 and q2 come from a second round on top of round 1's main run (ROUND2=1 runs it instead of round 1's fine-tunes):
 # the main run continued with its optimizer and schedule to epoch 30, then each other rate point
 # continued from that run's end (optimizer state kept) to epoch 40 at its own λ.
@@ -55,4 +56,15 @@ if [ -n "${ROUND3:-}" ]; then
     done
     # then: python tools/ship_weights.py icwem-small-q1 icwem-small-q2 $RUNS/round3/main/0.013/checkpoint_best.pth.tar \
     #   $RUNS/round3/finetune/0.045/checkpoint_latest.pth.tar $RUNS/round3/finetune/0.15/checkpoint_latest.pth.tar
+fi
+
+if [ -n "${ROUND4:-}" ]; then
+    # q1 and q2 come from a fourth round on round 3's main run (after ROUND3=1): each continued from its end,
+    # optimizer state kept, at its own λ to epoch 90 (a warm cosine restart at 2.1e-4 decaying to 1e-5; 728 steps).
+    for L in 0.0008 0.004; do
+        python -u train.py "${COMMON[@]}" --lambda $L -lr 1e-3 --epochs 90 --continue_train \
+            --checkpoint "$RUNS/round3/main/0.013/checkpoint_latest.pth.tar" --save_path "$RUNS/round4/finetune" --max-minutes 56
+    done
+    # then: python tools/ship_weights.py $RUNS/round4/finetune/0.0008/checkpoint_latest.pth.tar \
+    #   $RUNS/round4/finetune/0.004/checkpoint_latest.pth.tar icwem-small-q3 icwem-small-q4 icwem-small-q5
 fi
