@@ -82,7 +82,7 @@ def configure_optimizers(model: nn.Module, lr: float, aux_lr: float) -> Tuple[to
 
 def adam_implementation(params: List[torch.Tensor]) -> Dict[str, Optional[bool]]:
     """How Adam computes its step (not what it computes): fused on the CPU, where PyTorch's default is a
-    Python loop over ~1,600 tensors (4x slower for the published model, 5x for ``small``); PyTorch's
+    Python loop over ~1,600 tensors (3.6x slower for the published model, 5x for ``small``); PyTorch's
     default (foreach) elsewhere."""
     on_cpu = bool(params) and all(p.device.type == "cpu" for p in params)
     return {"fused": True if on_cpu else None, "foreach": None}
