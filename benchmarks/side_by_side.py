@@ -11,9 +11,10 @@ written by the parent, loaded by both) and code the same photo; the parent asks 
 (one warm-up each, then ``--runs`` rounds, order swapped every round), so slow phases of a shared
 machine hit both. Only one worker computes at a time. Printed: per-op medians, the ratio, the bytes of
 both and whether they are equal, the largest and mean absolute difference of the two decoded pictures,
-each op's peak resident memory (fresh workers per op; FLOPs are counted in others), each side's FLOPs (counted in a separate pass) with the share of the
-fp32 matmul rate it reached and the ceiling that rate puts on any speed-up, and the machine: CPU model, measured 2048² matmul rates in fp32 and
-bf16, and the cores' theoretical fp32 FMA peak. Every number is measured in the run that prints it.
+each op's peak resident memory (fresh workers per op), each side's FLOPs (counted by other workers) with
+the share of the fp32 matmul rate it reached and the ceiling that rate puts on any speed-up, and the
+machine: CPU model, measured 2048² matmul rates in fp32 and bf16, and the cores' theoretical fp32 FMA
+peak. Every number is measured in the run that prints it.
 
 The original's code is only imported and timed, in its own process; nothing of it is copied here.
 """
@@ -110,12 +111,12 @@ def _train_step_fn(model: torch.nn.Module, amp: bool, batch: int = 2, patch: int
     return step
 
 
-def _count_flops(model: torch.nn.Module, x: torch.Tensor, op: str, steps: Dict) -> Dict:
+def _count_flops(model: torch.nn.Module, x: torch.Tensor, op: str) -> Dict:
     """The floating-point operations of one op (convolutions and matrix products, 2 per multiply-add, as
-    torch.utils.flop_counter counts them), by phase; a separate pass, so the timed runs are unaffected."""
+    torch.utils.flop_counter counts them), by phase; run in workers of their own, not the timed ones."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    def count(fn) -> float:
+    def count(fn) -> Tuple[int, object]:
         with FlopCounterMode(display=False) as counter:
             result = fn()
         return counter.get_total_flops(), result
@@ -125,7 +126,7 @@ def _count_flops(model: torch.nn.Module, x: torch.Tensor, op: str, steps: Dict) 
             compress, enc = count(lambda: model.compress(x))
             decompress, _ = count(lambda: model.decompress(enc["strings"], enc["shape"]))
         return {"compress_flops": compress, "decompress_flops": decompress, "codec_flops": compress + decompress}
-    train, _ = count(steps.setdefault(op, _train_step_fn(model, op == "train_bf16")))
+    train, _ = count(_train_step_fn(model, op == "train_bf16"))
     return {"train_flops": train}
 
 
@@ -148,7 +149,7 @@ def worker(args: argparse.Namespace) -> int:
     for line in sys.stdin:
         op = json.loads(line)
         if op["op"].startswith("flops:"):
-            result = _count_flops(model, x, op["op"].split(":", 1)[1], steps)
+            result = _count_flops(model, x, op["op"].split(":", 1)[1])
         elif op["op"] == "codec":
             result = _codec_op(model, x, out_dir, args.worker)
         else:
