@@ -62,6 +62,38 @@ def test_float16_files_keep_the_constant_buffers(tiny_model):
     assert float(half_state_dict(tiny_model.state_dict())[bound]) == 0.0  # what rounding everything did
 
 
+def test_ship_weights_replaces_moves_and_keeps_rate_points(tiny_model, tiny_config, tmp_path, monkeypatch):
+    """A new lowest point shifts the shipped files up: each moved file keeps its bytes and fingerprint (a
+    file coded with it still finds it), even when its old place is rewritten in the same run."""
+    import models.zoo as zoo
+    import tools.ship_weights as ship
+
+    for module in (zoo, ship):
+        monkeypatch.setattr(module, "WEIGHTS_DIR", tmp_path)
+        monkeypatch.setattr(module, "MANIFEST", tmp_path / "manifest.json")
+
+    def checkpoint(lmbda: float, shift: float) -> str:
+        state = {k: v + shift if k.endswith("weight") else v for k, v in tiny_model.state_dict().items()}
+        path = tmp_path / f"run-{lmbda}.pth.tar"
+        torch.save({"state_dict": state, "model_config": tiny_config, "args": {"lmbda": lmbda}}, path)
+        return str(path)
+
+    assert ship.main([checkpoint(0.01, 0.0), checkpoint(0.05, 1e-3), "--name", "t"]) == 0
+    before = {e["name"]: (e, (tmp_path / e["file"]).read_bytes()) for e in zoo.shipped_models()}
+    assert [e["lambda"] for e, _ in before.values()] == [0.01, 0.05]
+
+    assert ship.main([checkpoint(0.002, 2e-3), "t-q1", "t-q2", "--name", "t"]) == 0
+    after = zoo.shipped_models()
+    assert [e["lambda"] for e in after] == [0.002, 0.01, 0.05]
+    assert [e["name"] for e in after] == ["t-q1", "t-q2", "t-q3"]
+    for old, new in (("t-q1", after[1]), ("t-q2", after[2])):
+        entry, data = before[old]
+        assert (tmp_path / new["file"]).read_bytes() == data
+        assert new["fingerprint"] == entry["fingerprint"] and new["sha256"] == entry["sha256"]
+        assert zoo.shipped_by_fingerprint(bytes.fromhex(entry["fingerprint"])) == tmp_path / new["file"]
+    assert after[0]["fingerprint"] not in {e["fingerprint"] for e, _ in before.values()}
+
+
 def test_unknown_names_are_paths_and_shipped_expands():
     with pytest.raises(UserError, match="checkpoint not found: icwem-small-q99"):
         read_checkpoint("icwem-small-q99")

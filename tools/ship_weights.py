@@ -6,10 +6,12 @@ Give the checkpoints lowest rate first: they become quality 1, 2, … Each file 
 every weight rounded to float16 and the buffers as they are (constants such as the likelihood bound 1e-9
 and GDN's pedestal 2^-36 would round to 0 in float16), the model configuration, λ and the training step.
 The manifest records the fingerprint of the model *as loaded from the rounded file* (the one bitstreams
-name) and the file's SHA-256. A shipped model's own name in its own place (``icwem-small-q2`` as the
-second argument) keeps that file and its manifest entry as they are, so one rate point can be replaced:
+name) and the file's SHA-256. A shipped model's name keeps that file's bytes (and so its fingerprint): in
+its own place (``icwem-small-q2`` as the second argument) nothing changes, so one rate point can be
+replaced; in another place the file moves to that quality, so a new lowest point can shift the others up:
 
     python tools/ship_weights.py icwem-small-q1 icwem-small-q2 RUN/0.013/checkpoint_best.pth.tar …
+    python tools/ship_weights.py RUN/0.0003/checkpoint_latest.pth.tar icwem-small-q1 icwem-small-q2 …
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch  # noqa: E402
 
 from models import load_checkpoint, read_checkpoint, split_checkpoint  # noqa: E402
 from models.checkpoint import model_from_state_dict  # noqa: E402
-from models.zoo import MANIFEST, WEIGHTS_DIR, shipped_models  # noqa: E402
+from models.zoo import MANIFEST, WEIGHTS_DIR, shipped_models, shipped_path  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 
@@ -45,12 +47,16 @@ def main(argv=None) -> int:
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
     entries = []
     shipped = {entry["name"]: entry for entry in shipped_models()}
+    # Shipped files given as sources are read before any file is written (q1 may move to q2 while q1 is rewritten).
+    moving = {path: shipped_path(shipped[path]).read_bytes() for path in args.checkpoints if path in shipped}
     for quality, path in enumerate(args.checkpoints, start=1):
         name = f"{args.name}-q{quality}"
         out = WEIGHTS_DIR / f"{name}.pt"
-        if path == name and name in shipped:  # kept as it is
-            entries.append(shipped[name])
-            print(f"{out}: kept (fingerprint {shipped[name]['fingerprint']})")
+        if path in shipped:
+            if path != name:
+                out.write_bytes(moving[path])
+            entries.append({**shipped[path], "name": name, "quality": quality, "file": out.name})
+            print(f"{out}: {'kept' if path == name else 'moved from ' + path} (fingerprint {shipped[path]['fingerprint']})")
             continue
         ckpt = read_checkpoint(path)
         state_dict, config = split_checkpoint(ckpt)
