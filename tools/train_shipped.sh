@@ -3,7 +3,7 @@
 # one main run at a middle rate (λ 0.013), then each other rate point fine-tuned for one epoch from the
 # main run's best checkpoint. Then: python tools/ship_weights.py <the five checkpoints, lowest rate first>.
 # Usage: bash tools/train_shipped.sh RUNS_DIR       (SKIP_MAIN=1: only the fine-tunes)
-# Rounds 2-4 (ROUND2=1, ROUND3=1, ROUND4=1, each with SKIP_MAIN=1 after the first) build on each other.
+# Rounds 2-5 (ROUND2=1 … ROUND5=1, each with SKIP_MAIN=1 after the first) build on each other.
 # q1 and q2 come from a second round on top of round 1's main run (ROUND2=1 runs it instead of round 1's fine-tunes):
 # the main run continued with its optimizer and schedule to epoch 30, then each other rate point
 # continued from that run's end (optimizer state kept) to epoch 40 at its own λ.
@@ -67,4 +67,17 @@ if [ -n "${ROUND4:-}" ]; then
     done
     # then: python tools/ship_weights.py $RUNS/round4/finetune/0.0008/checkpoint_latest.pth.tar \
     #   $RUNS/round4/finetune/0.004/checkpoint_latest.pth.tar icwem-small-q3 icwem-small-q4 icwem-small-q5
+fi
+
+if [ -n "${ROUND5:-}" ]; then
+    # Round 5 (after ROUND4=1): a new lowest rate point, λ 0.0003, continued from round 4's λ 0.0008 run
+    # (epochs 90 -> 116), and λ 0.15 from round 3's fine-tune (68 -> 94), optimizer state kept, ~700 steps each
+    # (they ran side by side, one thread each). Round 4's two runs move up to q2 and q3; round 3's q3 and q5 go.
+    python -u train.py "${COMMON[@]}" --lambda 0.0003 -lr 1e-3 --epochs 116 --continue_train \
+        --checkpoint "$RUNS/round4/finetune/0.0008/checkpoint_latest.pth.tar" --save_path "$RUNS/round5/finetune" --max-minutes 45
+    python -u train.py "${COMMON[@]}" --lambda 0.15 -lr 1e-3 --epochs 94 --continue_train \
+        --checkpoint "$RUNS/round3/finetune/0.15/checkpoint_latest.pth.tar" --save_path "$RUNS/round5/finetune" --max-minutes 50
+    # then: python tools/ship_weights.py $RUNS/round5/finetune/0.0003/checkpoint_latest.pth.tar \
+    #   $RUNS/round4/finetune/0.0008/checkpoint_latest.pth.tar $RUNS/round4/finetune/0.004/checkpoint_latest.pth.tar \
+    #   $RUNS/round3/finetune/0.045/checkpoint_latest.pth.tar $RUNS/round5/finetune/0.15/checkpoint_latest.pth.tar
 fi
