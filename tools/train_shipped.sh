@@ -4,9 +4,9 @@
 # main run's best checkpoint. Then: python tools/ship_weights.py <the five checkpoints, lowest rate first>.
 # Usage: bash tools/train_shipped.sh RUNS_DIR       (SKIP_MAIN=1: only the fine-tunes)
 # Rounds 2-5 (ROUND2=1 … ROUND5=1, each with SKIP_MAIN=1 after the first) build on each other.
-# q1 and q2 come from a second round on top of round 1's main run (ROUND2=1 runs it instead of round 1's fine-tunes):
-# the main run continued with its optimizer and schedule to epoch 30, then each other rate point
-# continued from that run's end (optimizer state kept) to epoch 40 at its own λ.
+# Round 2 (ROUND2=1 runs it instead of round 1's fine-tunes) continues round 1's main run with its optimizer and
+# schedule to epoch 30, then each other rate point from that run's end (optimizer state kept) at its own λ.
+# The shipped files come from rounds 3 (q4), 4 (q2, q3) and 5 (q1, q5); each block ends with its ship command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:?usage: train_shipped.sh RUNS_DIR}
