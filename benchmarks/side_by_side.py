@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -223,6 +223,25 @@ class Worker:
         self.proc.wait()
 
 
+def with_workers(args: argparse.Namespace, workdir: Path, job: Callable[[List[Worker]], Dict]) -> Dict:
+    """``job`` run on a fresh pair of workers (ours, the original's), closed afterwards whatever happens."""
+    workers = [Worker("ours", args, workdir), Worker("original", args, workdir)]
+    try:
+        return job(workers)
+    finally:
+        for w in workers:
+            w.close()
+
+
+def count_flops(workers: List[Worker], op: str) -> Dict[str, Dict]:
+    """Each side's FLOPs of ``op``, counted by its worker."""
+    counted = {}
+    for w in workers:
+        counted[w.who] = w.ask(f"flops:{op}")
+        print(f"# FLOPs of {op} counted for {w.who}", flush=True)
+    return counted
+
+
 def alternate(workers: List[Worker], ops: Sequence[str], runs: int) -> Dict[str, Dict[str, List[Dict]]]:
     """One warm-up per op and worker, then ``runs`` rounds; the workers' order flips every round."""
     results: Dict[str, Dict[str, List[Dict]]] = {w.who: {op: [] for op in ops} for w in workers}
@@ -314,19 +333,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         photo = write_inputs(workdir, size, args.image, args.seed)
         results: Dict[str, Dict[str, List[Dict]]] = {"ours": {}, "original": {}}
         for op in args.ops:  # fresh workers per op and for counting: each peak is that op's timed runs alone
-            for counting in (True, False):
-                workers = [Worker("ours", args, workdir), Worker("original", args, workdir)]
-                try:
-                    if counting:
-                        for w in workers:
-                            results[w.who][f"flops:{op}"] = [w.ask(f"flops:{op}")]
-                            print(f"# FLOPs of {op} counted for {w.who}", flush=True)
-                    else:
-                        for who, rows in alternate(workers, [op], args.runs).items():
-                            results[who].update(rows)
-                finally:
-                    for w in workers:
-                        w.close()
+            for who, flops in with_workers(args, workdir, lambda ws: count_flops(ws, op)).items():
+                results[who][f"flops:{op}"] = [flops]
+            for who, rows in with_workers(args, workdir, lambda ws: alternate(ws, [op], args.runs)).items():
+                results[who].update(rows)
         report(results, workdir, args.ops, m, photo, args)
     return 0
 
