@@ -63,6 +63,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="also save checkpoint_latest.pth.tar every this many steps within an epoch (0: only at epoch ends)")
     p.add_argument("--augment", action="store_true",
                    help="multi-scale random crops (each image shrunk by a random factor in [0.3, 1] first) and left-right flips")
+    p.add_argument("--colour-augment", action="store_true",
+                   help="put each training crop's colour channels in a random one of their six orders")
     p.add_argument("--repeat", type=int, default=d["repeat"], help="visit every training image this many times per epoch (different crops)")
     p.add_argument("--lr-schedule", choices=["multistep", "cosine"], default=d["lr_schedule"],
                    help="multistep: x0.1 at --lr_epoch (the original); cosine: decay to 1%% of -lr over --epochs")

@@ -53,6 +53,10 @@ def _pad_to(img: np.ndarray, height: int, width: int) -> np.ndarray:
 MIN_SCALE = 0.3
 
 
+# The six orders of the colour channels: --colour-augment picks one per training crop.
+CHANNEL_ORDERS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+
 def _random_rescale_and_flip(img: np.ndarray, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """Shrink by a log-uniform factor in [MIN_SCALE, 1] (kept large enough for the patch), flip half the time."""
     h, w = img.shape[:2]
@@ -81,6 +85,9 @@ class ImageFolder(Dataset):
             then give crops at many scales, which is what a small training set lacks most.
         repeat: each epoch visits every image this many times (each visit a different random crop), so
             that an epoch of a few photos is more than one step.
+        colour_augment: training only: put the crop's channels in one of their six orders, drawn uniformly.
+            A codec should not care which channel is which; a few photos otherwise teach it their palette
+            (green decoded as grey when the training photos have little green).
 
     Images smaller than the patch are reflect-padded first. Files Pillow cannot open are reported once on
     stderr and left out; a file whose pixels turn out to be corrupt while training is reported (once per
@@ -97,6 +104,7 @@ class ImageFolder(Dataset):
         verbose: bool = True,
         augment: bool = False,
         repeat: int = 1,
+        colour_augment: bool = False,
     ):
         folder = Path(root) / split
         if not folder.is_dir():
@@ -121,6 +129,7 @@ class ImageFolder(Dataset):
         self.verbose = verbose
         self.augment = augment
         self.repeat = int(repeat)
+        self.colour_augment = colour_augment
         self._reported: set = set()
 
     def set_epoch(self, epoch: int) -> None:
@@ -143,7 +152,10 @@ class ImageFolder(Dataset):
         else:  # centre crop, rounded like torchvision's CenterCrop
             top = int(round((img.shape[0] - height) / 2.0))
             left = int(round((img.shape[1] - width) / 2.0))
-        patch = np.ascontiguousarray(img[top:top + height, left:left + width])
+        patch = img[top:top + height, left:left + width]
+        if self.colour_augment:
+            patch = patch[..., CHANNEL_ORDERS[int(rng.integers(len(CHANNEL_ORDERS)))]]
+        patch = np.ascontiguousarray(patch)
         return torch.from_numpy(patch).permute(2, 0, 1).float().div_(255.0)
 
     def _read(self, index: int) -> np.ndarray:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import photo, write_photo
 from datasets import ImageFolder, ShardedEpochSampler
-from datasets.images import _random_rescale_and_flip
+from datasets.images import CHANNEL_ORDERS, _random_rescale_and_flip
 from utils.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -128,3 +128,15 @@ def test_without_augment_the_crops_are_unchanged(photos):
     a = ImageFolder(photos, "train", (64, 64), random_crop=True, seed=5)
     b = ImageFolder(photos, "train", (64, 64), random_crop=True, seed=5, augment=False, repeat=3)
     assert torch.equal(a[0], b[0])
+
+
+def test_colour_augment_permutes_the_channels_of_the_same_crop(photos):
+    plain = ImageFolder(photos, "train", (64, 64), random_crop=True, seed=9, repeat=60)
+    coloured = ImageFolder(photos, "train", (64, 64), random_crop=True, seed=9, repeat=60, colour_augment=True)
+    seen = set()
+    for i in range(60):
+        crop, permuted = plain[i], coloured[i]
+        orders = [o for o in CHANNEL_ORDERS if torch.equal(crop[list(o)], permuted)]
+        assert orders, f"crop {i} is not a channel permutation of the plain crop"
+        seen.add(orders[0])
+    assert seen == set(CHANNEL_ORDERS)  # all six orders occur

@@ -53,6 +53,7 @@ class TrainConfig:
     log_every: int = 100
     save_every_steps: int = 0
     augment: bool = False
+    colour_augment: bool = False
     repeat: int = 1
     lr_schedule: str = "multistep"
     decoder_clamp: bool = False

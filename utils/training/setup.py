@@ -89,7 +89,7 @@ def make_loader(dataset: ImageFolder, sampler: ShardedEpochSampler, batch_size: 
 def build_data(cfg: TrainConfig, ctx: DistributedContext, device: torch.device) -> Data:
     """Random crops for training, centre crops for testing (the original's transforms), sharded per rank."""
     train_set = ImageFolder(cfg.dataset, "train", cfg.patch_size, random_crop=True, seed=cfg.seed, verbose=ctx.master,
-                            augment=cfg.augment, repeat=cfg.repeat)
+                            augment=cfg.augment, repeat=cfg.repeat, colour_augment=cfg.colour_augment)
     test_set = ImageFolder(cfg.dataset, "test", cfg.patch_size, random_crop=False, seed=cfg.seed, verbose=ctx.master)
     train_sampler = ShardedEpochSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=ctx.rank,
                                         world_size=ctx.world_size, pad=True)
