@@ -21,8 +21,8 @@ from .config import ModelConfig
 from .enhance import EnhModule
 from .inn import InvertibleNetwork
 from .portable import (
-    PORTABLE_DTYPE, CoderCheck, _Native, legacy_coders, parameter_nets, release_parameter_nets, scale_indexes, update_tables,
-    z_symbols,
+    LEGACY_HINT, PORTABLE_DTYPE, CoderCheck, ForeignStrings, _Native, check_z_strings, legacy_coders, parameter_nets,
+    release_parameter_nets, scale_indexes, update_tables, z_symbols,
 )
 from .rans_chunks import CHUNK_SYMBOLS, ChunkedDecoder, ChunkedEncoder
 from .rans_guard import guarded
@@ -424,7 +424,8 @@ class ICWEM(CompressionModel):
         decoded, to compare with the encoder's. ``chunk_symbols`` must be the encoder's (None for a
         single y stream, format versions 1 and 2). ``legacy`` decodes strings of format version 1,
         coded before the portable path: float32 parameters and CompressAI's own tables, as their
-        encoder had them.
+        encoder had them (the original implementation's strings too). Without it such strings raise
+        ``ForeignStrings`` (a ``ValueError``), as does any decode that gives a picture with NaN.
         """
         eb, gc = legacy_coders(self) if legacy else (self.entropy_bottleneck, self.gaussian_conditional)
         tables = self._coder_tables(gc)
@@ -437,6 +438,8 @@ class ICWEM(CompressionModel):
         y_count = self.config["M"] * y_hw[0] * y_hw[1]
         decoders = [ChunkedDecoder(s, y_count, tables, chunk_symbols) for s in y_strings]  # checked before any work
         z_hat = eb.decompress([guarded(s, z_count, "z") for s in z_strings], (z_h, z_w))
+        if not legacy:  # other tables' z strings (the original's) decode to other symbols: refuse them here
+            check_z_strings(eb, z_hat, z_strings)
         nets, z_in = (self, z_hat) if legacy else self._parameter_path(z_hat)
         latent_means, latent_scales = self._hyper(nets, z_in)
         z_q = z_symbols(self.entropy_bottleneck, z_hat)
@@ -454,7 +457,11 @@ class ICWEM(CompressionModel):
         if self._latent_rows(*y_hw):  # a large image: its synthesis needs the float64 copy's memory (340 MiB
             release_parameter_nets(self)  # for the published model) more than the next coding, which rebuilds it
         y_hat = y_hat.to(z_hat.device)
-        return {"x_hat": self.synthesis(y_hat, clamp=True), "y_hat": y_hat, "checks": [c.value() for c in checks]}
+        x_hat = self.synthesis(y_hat, clamp=True)
+        if not torch.isfinite(x_hat.sum()):  # x̂ is clamped to [0, 1]: its sum is finite unless a value is NaN
+            raise ForeignStrings("decoding gave a picture with NaN: the strings were damaged or written by another coder"
+                                 + ("" if legacy else f"; {LEGACY_HINT}"))
+        return {"x_hat": x_hat, "y_hat": y_hat, "checks": [c.value() for c in checks]}
 
     # ------------------------------------------------------------------ identity
     def fingerprint(self) -> bytes:

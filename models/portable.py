@@ -215,6 +215,31 @@ _LEGACY: "weakref.WeakKeyDictionary[nn.Module, Tuple[tuple, tuple]]" = weakref.W
 
 
 # ---------------------------------------------------------------------------------------- decode check
+class ForeignStrings(ValueError):
+    """Strings this model's coder cannot have written, such as the original implementation's (and format
+    version 1's), which ``decompress(..., legacy=True)`` reads. Read with the wrong tables they
+    desynchronise at once: ŷ of 1e8 to 1e13 and a picture of NaN (measured on the shipped models)."""
+
+
+LEGACY_HINT = "the original implementation's strings (.icwem format version 1) are read with decompress(..., legacy=True)"
+
+
+def check_z_strings(eb: EntropyBottleneck, z_hat: Tensor, strings: Sequence[bytes]) -> None:
+    """Raise ``ForeignStrings`` unless each z string is exactly what ``eb`` writes for the ẑ it decoded to.
+
+    rANS coding is deterministic, so a string this coder wrote re-encodes to itself. One written with
+    other tables (CompressAI's float32 ones differ from ours in a few entries) decodes to other symbols,
+    which re-encode to other bytes. z has a sixteenth of y's positions, so the check costs little, and
+    it fails before any of y is decoded.
+    """
+    for b, (string, again) in enumerate(zip(strings, eb.compress(z_hat))):
+        if again != string:
+            raise ForeignStrings(
+                f"z string {b} ({len(string)} bytes) is not what this model's coder writes for the symbols it "
+                f"decodes to (other coder tables, or damaged); {LEGACY_HINT}"
+            )
+
+
 class CoderCheck:
     """CRC-32 of what the decoder must rebuild for one image: z's symbols, then y's symbols and scale
     indexes (slice order, C order within a slice), each as little-endian int32.

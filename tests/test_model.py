@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import FIXTURES, TINY, photo_tensor
-from models import ICWEM, PRESETS, config_from_state_dict, get_config
+from conftest import FIXTURES, TINY, photo_tensor, spread_scales_model
+from models import ICWEM, PRESETS, ForeignStrings, config_from_state_dict, get_config
+from models.portable import legacy_coders
+from models.rans_chunks import ChunkedEncoder
 from utils.errors import UserError
 from utils.padding import compute_padding, crop, pad_image
 
@@ -59,6 +61,59 @@ def test_decompress_of_original_strings_matches(tiny_model, expected):
     with torch.inference_mode():
         out = tiny_model.decompress([[expected["y_string"]], [expected["z_string"]]], expected["z_shape"])
     assert (out["x_hat"] - expected["x_hat_decoded"]).abs().max().item() <= 1e-4
+
+
+def _original_compress(model, x):
+    """What the original implementation's ``compress`` writes for ``model``: entropy parameters in float32,
+    CompressAI's own coder tables and scale table (``legacy_coders``), y as one rANS stream. Returns the
+    strings, z's shape and the encoder's ŷ."""
+    eb, gc = legacy_coders(model)
+    y = model.analysis(x)
+    z = model.h_a(y)
+    z_strings = eb.compress(z)
+    z_hat = eb.decompress(z_strings, z.shape[-2:])
+    y_slices = y.chunk(model.num_slices, dim=1)
+    encoder = ChunkedEncoder(model._coder_tables(gc), chunk_symbols=None)
+
+    def code_slice(i, mu, sigma):
+        q = gc.quantize(y_slices[i], "symbols", mu)
+        encoder.encode(q[0], gc.build_indexes(sigma)[0])
+        return gc.dequantize(q, mu)
+
+    y_hat, _, _ = model._code_slices(*model.hyper_synthesis(z_hat), tuple(y.shape[-2:]), code_slice)
+    return [[encoder.finish()], z_strings], z.shape[-2:], y_hat
+
+
+@pytest.fixture(scope="module")
+def original_coded():
+    """A model whose portable coder tables differ from CompressAI's where its symbols fall (the fixture's
+    agree there, so its original strings decode either way), and the original's strings of a photo crop."""
+    model = spread_scales_model(0)
+    with torch.inference_mode():
+        strings, shape, y_hat = _original_compress(model, photo_tensor("astronaut", 64, 64))
+    return model, strings, shape, y_hat
+
+
+def test_strings_of_the_original_coder_are_refused_by_default_in_one_line_naming_legacy(original_coded):
+    model, strings, shape, _ = original_coded
+    with torch.inference_mode(), pytest.raises(ForeignStrings, match=r"original implementation.*legacy=True") as info:
+        model.decompress(strings, shape)  # measured before the check: a picture of NaN, returned without a word
+    assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
+
+
+def test_legacy_reads_the_original_coders_strings_exactly(original_coded):
+    model, strings, shape, y_hat = original_coded
+    with torch.inference_mode():
+        out = model.decompress(strings, shape, legacy=True, chunk_symbols=None)
+    assert torch.equal(out["y_hat"], y_hat)
+
+
+def test_our_strings_read_as_the_originals_raise_instead_of_giving_nan(original_coded):
+    model, _, _, _ = original_coded
+    with torch.inference_mode():
+        ours = model.compress(photo_tensor("astronaut", 64, 64))
+        with pytest.raises(ForeignStrings, match="NaN"):
+            model.decompress(ours["strings"], ours["shape"], legacy=True, chunk_symbols=None)
 
 
 # ----------------------------------------------------------------------------- layouts
