@@ -53,12 +53,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--model-config", default=d["model_config"], help="preset (icwem, icwem-n64, small, tiny) or JSON file")
     p.add_argument("--device", default=d["device"], help="device, e.g. cpu, cuda, cuda:1 (overrides --cuda)")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default=d["amp"],
-                   help="mixed precision for the forward pass, CUDA only (fp16 uses a gradient scaler)")
+                   help="mixed precision for the forward pass, the entropy models and the loss staying float32 "
+                        "(fp16 uses a gradient scaler; a CPU without native bf16/fp16 emulates them, slowly)")
     p.add_argument("--max-steps", type=int, default=d["max_steps"], help="stop (saving a resumable checkpoint) after this many steps in total")
     p.add_argument("--max-minutes", type=float, default=d["max_minutes"],
                    help="stop (saving a resumable checkpoint) after the step during which this many minutes of "
                         "training have passed in this invocation")
-    p.add_argument("--log-every", type=int, default=d["log_every"], help="log the training losses to TensorBoard every this many steps")
+    p.add_argument("--log-every", type=int, default=d["log_every"], help="log the training losses to TensorBoard and the progress bar every this many steps")
     p.add_argument("--save-every-steps", type=int, default=d["save_every_steps"],
                    help="also save checkpoint_latest.pth.tar every this many steps within an epoch (0: only at epoch ends)")
     p.add_argument("--augment", action="store_true",

@@ -1,5 +1,5 @@
 """Training and test data."""
 
-from .images import ImageFolder, ShardedEpochSampler
+from .images import EpochIndices, ImageFolder, ShardedEpochSampler
 
-__all__ = ["ImageFolder", "ShardedEpochSampler"]
+__all__ = ["EpochIndices", "ImageFolder", "ShardedEpochSampler"]

@@ -3,7 +3,8 @@
 Why the crops are seeded per sample: the crop of sample ``index`` in epoch ``epoch`` is a pure function of
 (seed, epoch, index), and so is the sample order (``ShardedEpochSampler``). A run resumed in the middle of
 an epoch can therefore skip the batches already done and see exactly the data an uninterrupted run would,
-whatever the number of loader workers and without replaying any random number generator.
+whatever the number of loader workers and without replaying any random number generator. Loader workers
+that live across epochs get the epoch with each index (``EpochIndices``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -70,7 +71,7 @@ def _random_rescale_and_flip(img: np.ndarray, height: int, width: int, rng: np.r
 
 
 class ImageFolder(Dataset):
-    """Every image under ``root/split`` (recursive), as 3xHxW float32 patches in [0, 1].
+    """Every image under ``root/split`` (recursive), as 3xHxW float32 patches in [0, 1] (or uint8).
 
     Args:
         root: the dataset folder holding ``train/`` and ``test/``.
@@ -88,6 +89,10 @@ class ImageFolder(Dataset):
         colour_augment: training only: put the crop's channels in one of their six orders, drawn uniformly.
             A codec should not care which channel is which; a few photos otherwise teach it their palette
             (green decoded as grey when the training photos have little green).
+        uint8: return the patches as uint8 (0..255), a quarter of the bytes through the loader's shared
+            memory and to the GPU; ``x.float() / 255`` gives the float patch exactly.
+
+    An item is ``dataset[index]`` for the current epoch (``set_epoch``), or ``dataset[epoch, index]``.
 
     Images smaller than the patch are reflect-padded first. Files Pillow cannot open are reported once on
     stderr and left out; a file whose pixels turn out to be corrupt while training is reported (once per
@@ -105,6 +110,7 @@ class ImageFolder(Dataset):
         augment: bool = False,
         repeat: int = 1,
         colour_augment: bool = False,
+        uint8: bool = False,
     ):
         folder = Path(root) / split
         if not folder.is_dir():
@@ -130,6 +136,7 @@ class ImageFolder(Dataset):
         self.augment = augment
         self.repeat = int(repeat)
         self.colour_augment = colour_augment
+        self.uint8 = uint8
         self._reported: set = set()
 
     def set_epoch(self, epoch: int) -> None:
@@ -139,10 +146,11 @@ class ImageFolder(Dataset):
     def __len__(self) -> int:
         return len(self.files) * self.repeat
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, item: Union[int, Tuple[int, int]]) -> torch.Tensor:
+        epoch, index = item if isinstance(item, tuple) else (self.epoch, item)
         img = self._read(index % len(self.files))
         height, width = self.patch_size
-        rng = np.random.default_rng([_CROP_STREAM, self.seed, self.epoch, index])
+        rng = np.random.default_rng([_CROP_STREAM, self.seed, epoch, index])
         if self.augment:
             img = _random_rescale_and_flip(img, height, width, rng)
         img = _pad_to(img, height, width)
@@ -155,8 +163,8 @@ class ImageFolder(Dataset):
         patch = img[top:top + height, left:left + width]
         if self.colour_augment:
             patch = patch[..., CHANNEL_ORDERS[int(rng.integers(len(CHANNEL_ORDERS)))]]
-        patch = np.ascontiguousarray(patch)
-        return torch.from_numpy(patch).permute(2, 0, 1).float().div_(255.0)
+        patch = torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1)
+        return patch.contiguous() if self.uint8 else patch.float().div_(255.0)
 
     def _read(self, index: int) -> np.ndarray:
         """Decode image ``index``, falling forward to the next readable one if its pixels are corrupt."""
@@ -170,6 +178,21 @@ class ImageFolder(Dataset):
                     print(f"warning: skipping unreadable image: {exc}", file=sys.stderr)
                 self._reported.add(path)
         raise RuntimeError(f"none of the {len(self.files)} images could be decoded")
+
+
+class EpochIndices(Sampler[Tuple[int, int]]):
+    """``sampler``'s indices as ``(epoch, index)`` items for ``ImageFolder``: loader workers that persist
+    across epochs hold the dataset as it was when they started, so the epoch travels with each index."""
+
+    def __init__(self, sampler: "ShardedEpochSampler") -> None:
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        epoch = self.sampler.epoch
+        return ((epoch, index) for index in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 class ShardedEpochSampler(Sampler[int]):

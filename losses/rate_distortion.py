@@ -30,8 +30,8 @@ class RateDistortionLoss(nn.Module):
 
     ``forward`` returns the terms as a dict: ``loss``, ``bpp_loss`` and either ``mse_loss`` (the MSE on the
     [0, 1] scale) or ``ms_ssim_loss``. As in the original, ``ms_ssim_loss`` holds the MS-SSIM *value*
-    (higher is better), not 1 − MS-SSIM. Everything is computed in float32, so the terms are the same under
-    mixed precision. ``x_hat`` is used unclamped, as in the original. A model trained with
+    (higher is better), not 1 − MS-SSIM. Everything is computed in float32 (autocast off), so the terms are
+    the same under mixed precision. ``x_hat`` is used unclamped, as in the original. A model trained with
     ``decoder_clamp`` also returns ``range_loss`` (g_s's output outside [0, 1]); it is added with the
     distortion's weight (λ·255² for MSE, λ for MS-SSIM) and reported as ``range_loss``.
     """
@@ -44,6 +44,10 @@ class RateDistortionLoss(nn.Module):
         self.metric = metric
 
     def forward(self, output: dict, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+        with torch.autocast(target.device.type, enabled=False):  # float32 even when called under autocast
+            return self._terms(output, target)
+
+    def _terms(self, output: dict, target: torch.Tensor) -> Dict[str, torch.Tensor]:
         batch, _, height, width = target.shape
         x_hat = output["x_hat"].float()
         target = target.float()

@@ -11,7 +11,7 @@ result is exactly the original TCM/ICWEM computation.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -26,6 +26,12 @@ WINDOW_CHUNK = 512
 MLP_CHUNK_TOKENS = 1 << 16
 # Map sizes whose masks a block keeps; beyond that the cache starts again (bounds its memory).
 MASK_CACHE_SIZES = 8
+# Added to the logit of a blocked (query, key) pair. Finite in every type attention runs in, float16
+# included (largest 65504; autocast hands the mask to fp16 attention, where float32's most negative
+# value became -inf), with room for the logit and the bias to be added without overflow: a padded
+# query whose keys are all blocked gets a finite (discarded) output instead of NaN. exp(-2^15) is 0 in
+# every float type, so the rows of real queries come out exactly as with -inf.
+MASKED_LOGIT = -(2.0**15)
 
 
 class WindowAttention(nn.Module):
@@ -33,7 +39,8 @@ class WindowAttention(nn.Module):
 
     Parameter names (``embedding_layer``, ``relative_position_params``, ``linear``) are those of the
     published checkpoints. The relative-position index and the shift/padding masks depend only on the
-    map size, so they are built once per size and cached.
+    map size, so they are built once per size and cached, on the device: a forward pass asks the
+    device nothing (no host synchronisation), whatever the map size.
     """
 
     def __init__(self, dim: int, head_dim: int, window_size: int, shifted: bool) -> None:
@@ -54,7 +61,7 @@ class WindowAttention(nn.Module):
         # Created as ((2w-1)², heads) and stored as (heads, 2w-1, 2w-1), like the original.
         self.relative_position_params = nn.Parameter(params.view(span, span, self.num_heads).permute(2, 0, 1).contiguous())
         self.register_buffer("relative_index", _relative_index(window_size), persistent=False)
-        self._mask_cache: Dict[Tuple, Tuple[Optional[Tensor], Optional[Tensor]]] = {}
+        self._mask_cache: Dict[Tuple, List[Optional[Tuple[Tensor, Tensor]]]] = {}
 
     def relative_bias(self) -> Tensor:
         """Bias added to the logits, ``heads × w² × w²`` (query row, key column)."""
@@ -73,7 +80,7 @@ class WindowAttention(nn.Module):
 
         nh, nw = Hp // w, Wp // w
         windows = x.view(B, nh, w, nw, w, C).permute(0, 1, 3, 2, 4, 5).reshape(B, nh * nw, w * w, C)
-        out = self._attend(windows, *self._mask(H, W, x.device, x.dtype))
+        out = self._attend(windows, self._masks(H, W, x.device, x.dtype))
         out = out.view(B, nh, nw, w, w, C).permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, C)
 
         if s:
@@ -82,58 +89,61 @@ class WindowAttention(nn.Module):
             out = out[:, :H, :W, :]
         return out
 
-    def _attend(self, windows: Tensor, mask: Optional[Tensor], masked: Optional[Tensor]) -> Tensor:
+    def _attend(self, windows: Tensor, masks: List[Optional[Tuple[Tensor, Tensor]]]) -> Tensor:
         """Attention over ``B × nW × L × C`` windows, a chunk of windows at a time.
 
         Every window gets the relative-position bias (broadcast, never copied); only the few windows
-        listed in ``masked`` (last window row/column of a shifted or padded map) are redone with the
-        mask added, instead of materialising bias + mask for all windows.
+        that ``masks`` lists for a chunk (last window row/column of a shifted or padded map) are redone
+        with their mask added, instead of materialising bias + mask for all windows.
         """
         B, nW, L, C = windows.shape
         heads, hd = self.num_heads, self.head_dim
         bias = self.relative_bias().to(windows.dtype).unsqueeze(0)  # 1 × heads × L × L
         out = windows.new_empty(B, nW, L, C)
-        for start in range(0, nW, WINDOW_CHUNK):
+        for start, chunk_masks in zip(range(0, nW, WINDOW_CHUNK), masks):
             stop = min(start + WINDOW_CHUNK, nW)
             n = stop - start
             # Channel layout of the projection: [q of all heads, k of all heads, v of all heads].
             qkv = self.embedding_layer(windows[:, start:stop]).view(B, n, L, 3, heads, hd).permute(3, 0, 1, 4, 2, 5)
             q, k, v = qkv.reshape(3, B * n, heads, L, hd).unbind(0)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias).view(B, n, heads, L, hd)
-            if masked is not None:
-                here = (masked >= start) & (masked < stop)
-                if here.any():
-                    local = masked[here] - start
-                    pick = lambda t: t.view(B, n, heads, L, hd)[:, local].reshape(-1, heads, L, hd)
-                    m = (bias + mask[here].unsqueeze(1)).repeat(B, 1, 1, 1)
-                    redone = F.scaled_dot_product_attention(pick(q), pick(k), pick(v), attn_mask=m).view(B, -1, heads, L, hd)
-                    # In place only outside autograd: the attention backward may have saved ``o``.
-                    o = o.index_copy_(1, local, redone) if not torch.is_grad_enabled() else o.index_copy(1, local, redone)
+            if chunk_masks is not None:
+                local, mask = chunk_masks
+                pick = lambda t: t.view(B, n, heads, L, hd)[:, local].reshape(-1, heads, L, hd)
+                m = (bias + mask).repeat(B, 1, 1, 1)
+                redone = F.scaled_dot_product_attention(pick(q), pick(k), pick(v), attn_mask=m).view(B, -1, heads, L, hd)
+                # In place only outside autograd: the attention backward may have saved ``o``.
+                o = o.index_copy_(1, local, redone) if not torch.is_grad_enabled() else o.index_copy(1, local, redone)
             # Heads re-joined head-major (channel = head · head_dim + c) before the output projection,
             # written straight into ``out`` (one copy, not a reshaped temporary and then a second).
             out[:, start:stop].view(B, n, L, heads, hd).copy_(o.transpose(2, 3))
         return self.linear(out)
 
-    def _mask(self, H: int, W: int, device: torch.device, dtype: torch.dtype) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-        """The indices of the windows that need a mask (shift wrap-around, padded keys) and their
-        additive masks ``n × L × L`` (0 or a huge negative), as (masks, indices); (None, None) when
-        nothing is masked. Only those windows are stored: the last window row and column of a map."""
+    def _masks(self, H: int, W: int, device: torch.device, dtype: torch.dtype) -> List[Optional[Tuple[Tensor, Tensor]]]:
+        """Per chunk of ``WINDOW_CHUNK`` windows: the chunk-local indices of its windows that need a mask
+        (shift wrap-around, padded keys) and their additive masks ``n × 1 × L × L`` (0 or ``MASKED_LOGIT``),
+        or None where none does. Only those windows are stored (the last window row and column of a
+        map), already on ``device``, so ``_attend`` picks them without reading anything back from it."""
         key = (H, W, device, dtype)
-        if key not in self._mask_cache:
+        cached = self._mask_cache.get(key)
+        if cached is None:
             if len(self._mask_cache) >= MASK_CACHE_SIZES:
                 self._mask_cache.clear()  # row-band inference meets a few band heights per map
-            found = _blocked_pairs(H, W, self.window_size, self.shift)
-            if found is None:
-                self._mask_cache[key] = (None, None)
-            else:
-                masked, blocked = found
-                # The dtype's most negative finite value rather than -inf: a padded query whose keys
-                # are all blocked then gets a finite (discarded) output instead of NaN, and real rows
-                # are unchanged because exp(min - max) is exactly 0.
-                mask = torch.zeros(blocked.shape, dtype=dtype, device=device)
-                mask.masked_fill_(blocked.to(device), torch.finfo(dtype).min)
-                self._mask_cache[key] = (mask, masked.to(device))
-        return self._mask_cache[key]
+            w = self.window_size
+            num_windows = -(-H // w) * -(-W // w)
+            cached = [None] * -(-num_windows // WINDOW_CHUNK)
+            # Normal tensors even when first met under inference mode: training may index with them later.
+            with torch.inference_mode(False):
+                found = _blocked_pairs(H, W, w, self.shift)
+                for k in range(len(cached) if found is not None else 0):
+                    windows, blocked = found
+                    start = k * WINDOW_CHUNK
+                    here = (windows >= start) & (windows < start + WINDOW_CHUNK)
+                    if here.any():
+                        mask = torch.zeros(blocked[here].shape, dtype=dtype).masked_fill_(blocked[here], MASKED_LOGIT)
+                        cached[k] = ((windows[here] - start).to(device), mask.unsqueeze(1).to(device))
+            self._mask_cache[key] = cached
+        return cached
 
 
 def _relative_index(w: int) -> Tensor:

@@ -61,6 +61,16 @@ def bf16_native(device: str = "cpu") -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
 
+def _full_precision(t: Tensor) -> contextlib.AbstractContextManager:
+    """Autocast off on ``t``'s device: what runs inside computes in its inputs' own dtype."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
+def _float32(t: Tensor) -> Tensor:
+    """``t`` in float32 if it is in a 16-bit float type (what autocast produced); else unchanged."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def _clamp01(x: Tensor, straight_through: bool) -> Tensor:
     """Clamp to [0, 1]; with ``straight_through`` the gradient passes as if there were no clamp."""
     clamped = x.clamp(0, 1)
@@ -321,21 +331,30 @@ class ICWEM(CompressionModel):
         :meth:`synthesis`) with straight-through gradients, so that a model trained with it is scored on
         the picture its decoder will produce, and adds ``range_loss`` (see below); without it (the
         original's training) x̂ is unclamped.
+
+        Under mixed precision (autocast) the networks compute in bf16 / fp16, but the entropy models —
+        the bottleneck's cumulative-logit matmuls, the Gaussian likelihoods — and the rounding run in
+        float32 with autocast off, on float32 copies of y, z, μ and σ: the rate term is as exact as in
+        a float32 run, and a likelihood cannot underflow to 0 (an infinite rate) in 16 bits.
         """
         y = self.analysis(x)
         z = self.h_a(y)
-        _, z_likelihoods = self.entropy_bottleneck(z)
-        z_medians = self.entropy_bottleneck._get_medians()
-        z_hat = quantize_ste(z - z_medians) + z_medians
+        with _full_precision(z):
+            z = _float32(z)
+            _, z_likelihoods = self.entropy_bottleneck(z)
+            z_medians = self.entropy_bottleneck._get_medians()
+            z_hat = quantize_ste(z - z_medians) + z_medians
         latent_means, latent_scales = self.hyper_synthesis(z_hat)
 
-        y_slices = y.chunk(self.num_slices, dim=1)
+        y_slices = _float32(y).chunk(self.num_slices, dim=1)
         y_likelihoods: List[Tensor] = []
 
         def round_slice(i: int, mu: Tensor, sigma: Tensor) -> Tensor:
-            _, likelihood = self.gaussian_conditional(y_slices[i], sigma, means=mu)
-            y_likelihoods.append(likelihood)
-            return quantize_ste(y_slices[i] - mu) + mu
+            with _full_precision(mu):
+                mu, sigma = _float32(mu), _float32(sigma)
+                _, likelihood = self.gaussian_conditional(y_slices[i], sigma, means=mu)
+                y_likelihoods.append(likelihood)
+                return quantize_ste(y_slices[i] - mu) + mu
 
         y_hat, means, scales = self._code_slices(latent_means, latent_scales, y.shape[-2:], round_slice)
         out = {

@@ -62,8 +62,9 @@ def few_channel_conv(x: Tensor, weight: Tensor, bias: Tensor, padding: int) -> T
 
     Under autograd on the CPU it runs PyTorch's im2col kernels (:class:`_FewChannelConv`): the coupling
     convolutions were ~30 % of a ``small`` training step on 64² crops, nearly all in oneDNN's backward.
-    Outside autograd, or on a GPU, it is ``F.conv2d``, so coded pictures are computed exactly as before."""
-    if x.device.type == "cpu" and torch.is_grad_enabled():
+    Outside autograd, on a GPU, or under autocast (whose casts the Function would bypass), it is
+    ``F.conv2d``, so coded pictures are computed exactly as before."""
+    if x.device.type == "cpu" and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"):
         return _FewChannelConv.apply(x, weight, bias, padding)
     return F.conv2d(x, weight, bias, padding=padding)
 

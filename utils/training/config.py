@@ -12,13 +12,23 @@ from models import ICWEM
 from ..errors import UserError
 
 
+# Loader workers per training process at most: each decodes whole images, and a GPU's step at batch 8 of
+# 256² wants a few dozen crops per second, not hundreds.
+MAX_DEFAULT_WORKERS = 8
+
+
 def default_num_workers() -> int:
-    """min(4, CPU cores available to this process)."""
+    """The CPU cores available to this process shared among the training processes of this machine
+    (torchrun's LOCAL_WORLD_SIZE), at least 1 and at most MAX_DEFAULT_WORKERS."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    return min(4, cores)
+    try:
+        processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        processes = 1
+    return max(1, min(MAX_DEFAULT_WORKERS, cores // processes))
 
 
 @dataclass

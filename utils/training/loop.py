@@ -61,6 +61,7 @@ from .setup import (
     new_state,
     resume_schedule,
     seed_everything,
+    to_device,
     training_device,
 )
 from .signals import StopSignals
@@ -137,23 +138,22 @@ def validate(model: nn.Module, loader: DataLoader, criterion: RateDistortionLoss
     """
     model.eval()
     distortion = "mse_loss" if criterion.metric == "mse" else "ms_ssim_loss"
-    totals = [0.0, 0.0, 0.0, 0.0, 0.0]  # images, loss, bpp, distortion, PSNR (each summed over images)
+    images = 0
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, bpp, distortion, PSNR, summed over images
     image = None
     for x in loader:
-        x = x.to(device, non_blocking=True)
+        x = to_device(x, device)
         out = model(x, decoder_clamp=decoder_clamp)
         terms = criterion(out, x)
         n = x.shape[0]
         x_hat = out["x_hat"].float().clamp(0, 1)
         mse = (x_hat - x).square().mean(dim=(1, 2, 3)).clamp_min(1e-10)
-        totals[0] += n
-        totals[1] += terms["loss"].item() * n
-        totals[2] += terms["bpp_loss"].item() * n
-        totals[3] += terms[distortion].item() * n
-        totals[4] += (-10 * torch.log10(mse)).sum().item()
+        images += n
+        totals += torch.stack([*(terms[k].double() * n for k in ("loss", "bpp_loss", distortion)),
+                               (-10 * torch.log10(mse)).sum().double()])
         if image is None:
             image = torch.cat([x[0], x_hat[0]], dim=2).cpu()
-    count, loss, bpp, dist, psnr = all_reduce_sum(totals, ctx, device)
+    count, loss, bpp, dist, psnr = all_reduce_sum([images, *totals.tolist()], ctx, device)  # one read
     model.train()
     return {"loss": loss / count, "bpp": bpp / count, distortion: dist / count, "psnr": psnr / count, "image": image}
 
@@ -214,16 +214,18 @@ def save(run: Run, state: TrainState, epoch_done: bool, is_best: bool = False) -
             copy_checkpoint(run.save_dir / LATEST, run.save_dir / f"{state.epoch}_checkpoint.pth.tar")
 
 
-def log_step(run: Run, state: TrainState, values: Dict[str, float], bar: tqdm) -> None:
-    """The progress bar's postfix every step; the loss terms to TensorBoard every --log-every steps."""
-    bar.set_postfix({SHORT[k]: f"{values[k]:.4g}" for k in ("loss", "bpp_loss", run.distortion)}
-                    | {"lr": f"{state.lr:.1e}"}, refresh=False)
-    bar.update(1)
+def log_step(run: Run, state: TrainState, terms: Dict[str, torch.Tensor], bar: tqdm) -> None:
+    """The progress bar advances every step; every --log-every steps the step's loss terms are read from
+    the device (in one go: the only read of the loop) for the bar's postfix and TensorBoard."""
     if state.step % run.cfg.log_every == 0:
+        values = dict(zip(terms, torch.stack([v.detach().float() for v in terms.values()]).tolist()))
+        bar.set_postfix({SHORT[k]: f"{values[k]:.4g}" for k in ("loss", "bpp_loss", run.distortion)}
+                        | {"lr": f"{state.lr:.1e}"}, refresh=False)
         for k, v in values.items():
             run.writer.add_scalar(f"train/{k}", v, state.step)
         run.writer.add_scalar("train/lr", state.lr, state.step)
         run.writer.add_scalar("train/skipped_steps", state.skipped_steps, state.step)
+    bar.update(1)
 
 
 def train_one_epoch(run: Run, state: TrainState, signals: StopSignals, budget: TimeBudget
@@ -237,13 +239,14 @@ def train_one_epoch(run: Run, state: TrainState, signals: StopSignals, budget: T
     cfg, master = run.cfg, run.ctx.master
     run.data.train_set.set_epoch(state.epoch)
     run.data.train_sampler.set_epoch(state.epoch, start=state.samples_done)
-    sums: Dict[str, float] = {}
+    sums: Optional[torch.Tensor] = None  # the loss terms of the steps taken, summed on the device
+    names: List[str] = []
     counted = 0
     bar = tqdm(total=math.ceil(run.data.samples_per_epoch / cfg.batch_size),
                initial=math.ceil(state.samples_done / cfg.batch_size),
                desc=f"epoch {state.epoch}", disable=not master, dynamic_ncols=True, leave=False)
     for x in run.data.train_loader:
-        x = x.to(run.device, non_blocking=True)
+        x = to_device(x, run.device)
         result = train_step(run.model, x, run.criterion, state, clip_max_norm=cfg.clip_max_norm,
                             decoder_clamp=cfg.decoder_clamp, autocast=run.autocast,
                             agree=lambda flags: all_reduce_max(flags, run.ctx, run.device),
@@ -258,12 +261,12 @@ def train_one_epoch(run: Run, state: TrainState, signals: StopSignals, budget: T
         state.step += 1
         state.samples_done += x.shape[0]
         if master:
-            values = {k: v.item() for k, v in result.terms.items()}
-            if not result.skipped:
+            if not result.skipped:  # summed in float64, as Python floats were
                 counted += 1
-                for k, v in values.items():
-                    sums[k] = sums.get(k, 0.0) + v
-            log_step(run, state, values, bar)
+                names = list(result.terms)
+                terms = torch.stack([result.terms[k].detach().double() for k in names])
+                sums = terms if sums is None else sums + terms
+            log_step(run, state, result.terms, bar)
 
         epoch_trained = state.samples_done >= run.data.samples_per_epoch
         steps_done = cfg.max_steps is not None and state.step >= cfg.max_steps
@@ -273,7 +276,7 @@ def train_one_epoch(run: Run, state: TrainState, signals: StopSignals, budget: T
         if cfg.save_every_steps and state.step % cfg.save_every_steps == 0 and not epoch_trained:
             save(run, state, epoch_done=False)
     bar.close()
-    return {k: v / max(1, counted) for k, v in sums.items()}, None
+    return ({} if sums is None else dict(zip(names, (sums / counted).tolist()))), None
 
 
 def end_epoch(run: Run, state: TrainState, train_means: Dict[str, float], started: float) -> None:
@@ -365,7 +368,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     if restored_rng is not None:
         set_rng_state(restored_rng, device)
     save_dir = Path(cfg.save_path) / str(cfg.lmbda)  # the original's layout: SAVE_PATH/<lambda>/
-    run = Run(cfg, ctx, device, data, wrapped, criterion, autocast_for(cfg), save_dir, open_writer(save_dir, ctx))
+    run = Run(cfg, ctx, device, data, wrapped, criterion, autocast_for(cfg, device), save_dir, open_writer(save_dir, ctx))
 
     # ---- epochs: train, test, schedule, checkpoints
     budget = TimeBudget(cfg.max_minutes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import math
 import random
+import sys
 from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -21,11 +22,11 @@ import torch.nn as nn
 from torch.optim.lr_scheduler import LambdaLR, MultiStepLR
 from torch.utils.data import DataLoader
 
-from datasets import ImageFolder, ShardedEpochSampler
+from datasets import EpochIndices, ImageFolder, ShardedEpochSampler
 from losses import RateDistortionLoss, configure_optimizers
 from models import ICWEM, get_config, model_from_state_dict, split_checkpoint
 
-from ..device import select_device
+from ..device import cpu_computes_natively, select_device, set_tf32
 from ..errors import UserError
 from .config import TrainConfig
 from .distributed import DistributedContext, init_process_group, unused_parameters, wrap_ddp
@@ -34,19 +35,32 @@ from .state import TrainState
 
 # --lr-schedule cosine ends at this fraction of the initial learning rate.
 COSINE_FINAL_FACTOR = 0.01
+# --amp fp16's first loss scale. GradScaler's 2^16 suits losses of order 1; ours weighs the MSE by
+# λ·255², and at initialisation the fp16 gradients of the INN's and g_s's biases (sums over all pixels)
+# reach thousands: 2^16 down to 2^4 overflow (measured on the tiny preset), i.e. 13 skipped steps before
+# the first update. The scaler still halves on overflow and doubles after 2000 clean steps.
+FP16_INIT_SCALE = 2.0**3
 
 
 def training_device(cfg: TrainConfig, ctx: DistributedContext) -> torch.device:
-    """``--device``/``--cuda`` as every script reads them, then one GPU per process and the --amp checks."""
+    """``--device``/``--cuda`` as every script reads them, then one GPU per process, the TF32 policy and
+    the --amp checks.
+
+    Training lets CUDA's float32 matmuls and convolutions use TF32 (``docs/cuda.md``: coding and
+    evaluation do not). --amp runs on the CPU too (so the tests cover both types), with a warning
+    where the CPU only emulates the type: it is then slower than float32, not faster.
+    """
     device = select_device(cfg.cuda, cfg.device, doing="training", warn=ctx.master)
     if device.type == "cuda":
         # One GPU per process: torchrun's LOCAL_RANK picks it.
         device = torch.device("cuda", ctx.local_rank if ctx.ddp else (device.index or 0))
-    if cfg.amp != "none":
-        if device.type != "cuda":
-            raise UserError(f"--amp {cfg.amp} needs a CUDA device (use --cuda or --device cuda)")
-        if cfg.amp == "bf16" and not torch.cuda.is_bf16_supported():
-            raise UserError("--amp bf16: this GPU does not support bfloat16; use --amp fp16")
+        set_tf32(True)
+    if cfg.amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("--amp bf16: this GPU does not support bfloat16; use --amp fp16")
+    if cfg.amp != "none" and device.type == "cpu" and not cpu_computes_natively(cfg.amp) and ctx.master:
+        print(f"warning: --amp {cfg.amp}: this CPU emulates {cfg.amp} (it lacks "
+              f"{'AVX512-BF16 and AMX' if cfg.amp == 'bf16' else 'AVX512-FP16 and AMX-FP16'}), "
+              "so training is slower than without --amp", file=sys.stderr)
     return device
 
 
@@ -75,22 +89,31 @@ class Data:
 
 def make_loader(dataset: ImageFolder, sampler: ShardedEpochSampler, batch_size: int, num_workers: int,
                 device: torch.device, seed: int) -> DataLoader:
-    """A loader that never draws from the global torch generator (see the comment inside)."""
+    """A loader of uint8 batches (``to_device`` scales them) that never draws from the global torch
+    generator, with workers that live as long as the run (see the comments inside)."""
     # The loader's own generator (only used for worker seeds) keeps it from drawing from the global torch
     # generator whenever an epoch's iterator is created, which would shift the quantisation noise after a
-    # resume. Workers are not persistent so that each epoch's workers see the dataset's current epoch.
+    # resume. Persistent workers keep a copy of the dataset from the first epoch, so the sampler hands
+    # each of them the epoch with every index (``EpochIndices``): crops follow the current epoch.
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+        dataset, batch_size=batch_size, sampler=EpochIndices(sampler), num_workers=num_workers,
         pin_memory=device.type == "cuda", drop_last=False, worker_init_fn=ignore_sigint,
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(seed), persistent_workers=num_workers > 0,
     )
+
+
+def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A loader's uint8 batch as float32 in [0, 1] on ``device``: a quarter of the bytes cross from the
+    workers and to the GPU, and the division on the device gives the dataset's own float values."""
+    return batch.to(device, non_blocking=True).float().div_(255.0)
 
 
 def build_data(cfg: TrainConfig, ctx: DistributedContext, device: torch.device) -> Data:
     """Random crops for training, centre crops for testing (the original's transforms), sharded per rank."""
     train_set = ImageFolder(cfg.dataset, "train", cfg.patch_size, random_crop=True, seed=cfg.seed, verbose=ctx.master,
-                            augment=cfg.augment, repeat=cfg.repeat, colour_augment=cfg.colour_augment)
-    test_set = ImageFolder(cfg.dataset, "test", cfg.patch_size, random_crop=False, seed=cfg.seed, verbose=ctx.master)
+                            augment=cfg.augment, repeat=cfg.repeat, colour_augment=cfg.colour_augment, uint8=True)
+    test_set = ImageFolder(cfg.dataset, "test", cfg.patch_size, random_crop=False, seed=cfg.seed, verbose=ctx.master,
+                           uint8=True)
     train_sampler = ShardedEpochSampler(len(train_set), shuffle=True, seed=cfg.seed, rank=ctx.rank,
                                         world_size=ctx.world_size, pad=True)
     test_sampler = ShardedEpochSampler(len(test_set), shuffle=False, rank=ctx.rank, world_size=ctx.world_size, pad=False)
@@ -160,19 +183,23 @@ def resume_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, cfg: TrainC
 
 
 def new_state(cfg: TrainConfig, model: nn.Module, model_config: dict) -> TrainState:
-    """A fresh run's state: both Adams, the schedule, and a gradient scaler that is live only for --amp fp16."""
+    """A fresh run's state: both Adams, the schedule, and a gradient scaler (on the model's device) that
+    is live only for --amp fp16."""
     optimizer, aux_optimizer = configure_optimizers(model, cfg.learning_rate, cfg.aux_learning_rate)
+    device = next(model.parameters()).device
+    scaler = torch.amp.GradScaler(device.type, init_scale=FP16_INIT_SCALE, enabled=cfg.amp == "fp16")
     return TrainState(
         model=model, model_config=model_config, optimizer=optimizer, aux_optimizer=aux_optimizer,
-        scheduler=make_scheduler(optimizer, cfg), scaler=torch.amp.GradScaler("cuda", enabled=cfg.amp == "fp16"),
+        scheduler=make_scheduler(optimizer, cfg), scaler=scaler,
     )
 
 
-def autocast_for(cfg: TrainConfig) -> ContextManager:
-    """Mixed precision chosen once: CUDA autocast for --amp bf16/fp16, a context that does nothing otherwise."""
+def autocast_for(cfg: TrainConfig, device: torch.device) -> ContextManager:
+    """Mixed precision chosen once: autocast on ``device`` for --amp bf16/fp16 (the model keeps the
+    entropy models and the loss in float32 inside it), a context that does nothing otherwise."""
     if cfg.amp == "none":
         return nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
 
 
 def distribute(model: nn.Module, criterion: RateDistortionLoss, cfg: TrainConfig, ctx: DistributedContext,

@@ -6,6 +6,11 @@
 
 A non-finite loss or gradient skips the step (the weights stay as they were). ``benchmarks/`` times this
 same function, so what they measure is what training runs.
+
+The step reads one value back from the device: whether to skip it (with the ranks' stop flags, all
+agreed on in one go after the backward pass); a GPU runs ahead of the host otherwise. The loss terms
+stay on the device (the loop reads them every --log-every steps). With fp16 the gradient scaler reads
+its own overflow flag besides.
 """
 
 from __future__ import annotations
@@ -48,10 +53,10 @@ def train_step(model: nn.Module, x: torch.Tensor, criterion: RateDistortionLoss,
                flags: Callable[[], List[float]] = list) -> StepResult:
     """One step on the batch ``x``; ``model`` is ``state.model`` or its DDP wrapper.
 
-    ``agree`` is how the ranks agree before backward — DDP's all-reduce needs every rank at backward, and
-    a stop must happen at the same step everywhere: it receives ``[non-finite] + flags()`` (``flags`` is
-    read after the forward pass, e.g. a stop signal and whether time is up) and returns the maximum over
-    ranks. Alone, both default to nothing.
+    ``agree`` is how the ranks agree, after the backward pass (which every rank runs, so DDP's all-reduce
+    always meets every rank), on skipping the step and on stopping, which must happen at the same step
+    everywhere: it receives ``[non-finite] + flags()`` (``flags`` is read after the backward pass, e.g. a
+    stop signal and whether time is up) and returns the maximum over ranks. Alone, both default to nothing.
     """
     optimizer, aux_optimizer, scaler = state.optimizer, state.aux_optimizer, state.scaler
     optimizer.zero_grad(set_to_none=True)
@@ -60,22 +65,24 @@ def train_step(model: nn.Module, x: torch.Tensor, criterion: RateDistortionLoss,
         out = model(x, decoder_clamp=decoder_clamp)
     terms = criterion(out, x)
     loss = terms["loss"]
-    nonfinite, *agreed = agree([float(not torch.isfinite(loss).item()), *flags()])
-    skipped, aux_unscaled = bool(nonfinite), False
-    if not skipped:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        if scaler.is_enabled() and _aux_has_gradients(aux_optimizer):
-            scaler.unscale_(aux_optimizer)  # the quantiles' (scaled) main-loss gradients
-            aux_unscaled = True
-        if clip_max_norm > 0:
-            grad_norm = nn.utils.clip_grad_norm_(state.model.parameters(), clip_max_norm)
-            # (gradients are already averaged over ranks, so every rank decides alike; with fp16 the
-            # scaler itself skips a step whose gradients are not finite)
-            skipped = not scaler.is_enabled() and not torch.isfinite(grad_norm).item()
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    aux_unscaled = scaler.is_enabled() and _aux_has_gradients(aux_optimizer)
+    if aux_unscaled:
+        scaler.unscale_(aux_optimizer)  # the quantiles' (scaled) main-loss gradients
+    nonfinite = ~torch.isfinite(loss)
+    if clip_max_norm > 0:
+        grad_norm = nn.utils.clip_grad_norm_(state.model.parameters(), clip_max_norm)
+        # Gradients are already averaged over ranks, so every rank decides alike. Clipping scales every
+        # gradient by max_norm / norm, so one non-finite gradient spoils them all, the quantiles' too
+        # (after the scaler checked them for fp16): the whole step is skipped, aux step included.
+        nonfinite |= ~torch.isfinite(grad_norm)
+    skipped, *agreed = agree([float(nonfinite), *flags()])  # the step's one read from the device
     if skipped:
         optimizer.zero_grad(set_to_none=True)
         aux_optimizer.zero_grad(set_to_none=True)
+        if scaler.is_enabled():
+            scaler.update()  # closes the step's unscale_; lowers the scale if the gradients were not finite
         return StepResult(terms, True, agreed)
     scaler.step(optimizer)
     aux_loss = state.model.aux_loss()
