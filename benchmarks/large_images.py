@@ -6,7 +6,7 @@
     python benchmarks/large_images.py --config tiny --sizes 512x384 --tile 128
     python benchmarks/large_images.py --compare --sizes 768x512 2048x1365   # tiled vs whole: bytes, x̂, PSNR
 
-Each operation runs in a fresh Python process, so its peak resident set size (``ru_maxrss``) is its
+Each operation runs in a fresh Python process, so its peak resident set size (VmHWM) is its
 own: model, image and coding included. Encoding is ``utils.codec.encode_image`` (pixels -> .icwem
 bytes, as ``codec.py encode``); decoding is ``decode_bitstream`` on those bytes, in another process.
 Timing covers that call only, not building the model or the image: wall-clock seconds and the
@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -185,19 +184,12 @@ def overhead(config: str, size: tuple, tile: Optional[int]) -> dict:
     return result
 
 
-def _rss_gib() -> float:
-    """This process's resident memory now (VmRSS)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 2**20
-    return float("nan")
-
-
 def entropy_path(model, width: int, height: int, latent_tile: Optional[int]) -> dict:
     """Peak memory and seconds of the portable entropy-parameter path on a random latent of a
     ``width``×``height`` image (``latent_tile``: 0 whole, None automatic bands, else rows per band)."""
     import torch
 
+    import machine  # benchmarks/machine.py, beside this script
     from models.portable import parameter_nets, scale_indexes
 
     model.latent_tile = latent_tile
@@ -205,7 +197,7 @@ def entropy_path(model, width: int, height: int, latent_tile: Optional[int]) -> 
     y = 4 * torch.randn(1, model.config["M"], y_h, y_w)
     z_hat = torch.round(3 * torch.randn(1, model.config["Z"], y_h // 4, y_w // 4))
     parameter_nets(model)  # built before the baseline: it belongs to the model, not to the path
-    before = _rss_gib()
+    before = machine.rss_gib()
     slices = y.chunk(model.num_slices, dim=1)
 
     def round_slice(i: int, mu, sigma):
@@ -218,7 +210,7 @@ def entropy_path(model, width: int, height: int, latent_tile: Optional[int]) -> 
         model._code_slices(*model._hyper(nets, z_in), (y_h, y_w), round_slice, nets, keep_parameters=False)
         rows = model._latent_rows(y_h, y_w)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = machine.peak_rss_gib()
     return {"latent": f"{y_w}x{y_h}", "rows": rows, "seconds": seconds, "cpu_seconds": cpu, "before_gib": before,
             "peak_gib": peak}
 
@@ -251,6 +243,7 @@ def _worker(args: argparse.Namespace) -> None:
     """Runs in its own process: one encode, decode or comparison, then one JSON line on stdout."""
     import torch
 
+    import machine  # benchmarks/machine.py, beside this script
     from models import ICWEM, get_config
     from utils.coding.bitstream import pack, unpack
     from utils.coding.codec import decode_bitstream, encode_image
@@ -286,7 +279,7 @@ def _worker(args: argparse.Namespace) -> None:
         start, cpu = time.perf_counter(), time.process_time()
         decode_bitstream(model, bs)
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak_gib = machine.peak_rss_gib()
     print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "peak_gib": peak_gib}))
 
 
@@ -298,16 +291,6 @@ def _run(args: argparse.Namespace, op: str, size: tuple, tile: Optional[int], pa
     if done.returncode:
         return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def matmul_gflops(threads: int) -> float:
-    """Median fp32 GFLOP/s of a 2048² matrix product with ``threads`` threads (benchmarks/machine.py)."""
-    import torch
-
-    import machine  # benchmarks/machine.py, beside this script
-
-    torch.set_num_threads(threads)
-    return machine.matmul_rate(torch.float32, runs=10)
 
 
 # ------------------------------------------------------------------------------ the table
@@ -346,10 +329,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             result = _run(args, "compare", size, tile or 128, "-")
             print(json.dumps({"size": f"{size[0]}x{size[1]}", "tile": tile, "config": args.config, **result}), flush=True)
         return 0
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "CPU")
-    print(f"machine: {cpu}, {os.cpu_count()} cores; {args.threads} torch thread(s); "
-          f"fp32 matmul {matmul_gflops(args.threads):.1f} GFLOP/s; model {args.config}")
+    import torch
+
+    import machine  # benchmarks/machine.py, beside this script
+
+    torch.set_num_threads(args.threads)
+    print(f"machine: {machine.cpu_info()['model']}, {os.cpu_count()} cores; {args.threads} torch thread(s); "
+          f"fp32 matmul {machine.matmul_rate(torch.float32, runs=10):.1f} GFLOP/s; model {args.config}")
     print("s/MP: wall-clock (CPU) seconds per megapixel; rows: image rows per band (0: whole image)")
     print(f"{'size':>10} {'MP':>6} {'mode':>6} {'rows':>5} | {'encode s/MP':>15} {'peak GiB':>8} | "
           f"{'decode s/MP':>15} {'peak GiB':>8}")

@@ -1,12 +1,18 @@
-"""What the CPU can do, measured in the run that quotes it: model name, SIMD flags, fp32 and bf16 matmul
-rates, and the cores' theoretical fp32 FMA peak (so a timing can be read against a floor)."""
+"""What the machine can do and what a process holds, for the benchmarks: the CPU's model name and SIMD
+flags, fp32 and bf16 matmul rates measured in the run that quotes them, the cores' theoretical fp32 FMA
+peak (so a timing can be read against a floor), and the process's resident memory (now, its peak, and
+resetting that peak). Every benchmark takes these from here."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
+import resource
 import statistics
 import time
 from pathlib import Path
-from typing import Dict, Set
+from typing import Dict, Optional, Set, Union
 
 import torch
 
@@ -29,8 +35,10 @@ def cpu_info() -> Dict[str, object]:
     return info
 
 
-def has_bf16(flags: Set[str]) -> bool:
-    """True where the CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
+def has_bf16(flags: Optional[Set[str]] = None) -> bool:
+    """True where the CPU (``flags``, default this one's) computes bfloat16 natively (AVX512-BF16 or AMX);
+    elsewhere bf16 is emulated."""
+    flags = cpu_info()["flags"] if flags is None else flags  # type: ignore[assignment]
     return bool({"avx512_bf16", "amx_bf16"} & flags)
 
 
@@ -50,15 +58,21 @@ def fp32_peak_gflops(info: Dict[str, object], threads: int) -> float:
     return threads * float(info["mhz"]) / 1e3 * 2 * 2 * lanes
 
 
-def matmul_rate(dtype: torch.dtype, n: int = 2048, runs: int = 5) -> float:
-    """Achieved GFLOP/s of an n×n matrix product in ``dtype`` (median of ``runs`` after a warm-up)."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
+def matmul_rate(dtype: torch.dtype = torch.float32, n: int = 2048, runs: int = 5,
+                device: Union[str, torch.device] = "cpu") -> float:
+    """Achieved GFLOP/s of an n×n matrix product in ``dtype`` on ``device`` (median of ``runs`` after a
+    warm-up), with the threads torch has now."""
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
     a @ b
+    sync()
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
         a @ b
+        sync()
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / statistics.median(times) / 1e9
 
@@ -81,3 +95,38 @@ def describe(threads: int) -> Dict[str, object]:
         "peak_fp32_gflops": fp32_peak_gflops(info, threads),
         "mhz": info["mhz"],
     }
+
+
+# ---------------------------------------------------------------------------------------- memory
+def rss_gib() -> float:
+    """This process's resident memory now (VmRSS; NaN where there is no /proc)."""
+    return _proc_status_gib("VmRSS:")
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory (VmHWM, which ``reset_peak_rss`` resets; else ``ru_maxrss``)."""
+    peak = _proc_status_gib("VmHWM:")
+    return peak if peak == peak else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak: hand the memory glibc keeps from freed blocks back to the OS, then reset VmHWM to
+    the current resident memory (Linux), so the next peak is the next operation's own and not what an
+    earlier, larger one left behind."""
+    trim_heap()
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def trim_heap() -> None:
+    """``malloc_trim(0)``: return freed heap pages to the OS (glibc; nothing elsewhere)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
+def _proc_status_gib(field: str) -> float:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1]) / 2**20
+    return float("nan")

@@ -130,13 +130,6 @@ def _count_flops(model: torch.nn.Module, x: torch.Tensor, op: str) -> Dict:
     return {"train_flops": train}
 
 
-def _peak_rss_gib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM"):
-            return int(line.split()[1]) / 2**20
-    return float("nan")
-
-
 def worker(args: argparse.Namespace) -> int:
     """Serve ops read as JSON lines on stdin; answer each with one JSON line on stdout."""
     torch.set_num_threads(args.threads)
@@ -158,7 +151,7 @@ def worker(args: argparse.Namespace) -> int:
             t0 = time.perf_counter()
             step()
             result = {"train_s": time.perf_counter() - t0}
-        result["peak_rss_gib"] = _peak_rss_gib()
+        result["peak_rss_gib"] = machine.peak_rss_gib()
         print(json.dumps(result), flush=True)
     return 0
 

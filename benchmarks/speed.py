@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import gc
-import platform
 import statistics
 import sys
 import time
@@ -35,6 +33,7 @@ from utils.training import TrainConfig, train_step  # noqa: E402
 from utils.training.setup import new_state  # noqa: E402
 
 import ablations  # noqa: E402  (benchmarks/ablations.py)
+import machine  # noqa: E402  (benchmarks/machine.py)
 
 
 # ----------------------------------------------------------------------------- measurement helpers
@@ -42,23 +41,13 @@ def _reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     else:
-        # Hand memory freed by earlier measurements back to the OS first, so that the peak below is
-        # this operation's own and not what glibc kept from a previous, larger one.
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        with contextlib.suppress(OSError):
-            Path("/proc/self/clear_refs").write_text("5")  # Linux: reset VmHWM to the current RSS
+        machine.reset_peak_rss()
 
 
 def _peak_memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM"):
-            return int(line.split()[1]) / 2**20
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return machine.peak_rss_gib()
 
 
 def _sync(device: torch.device) -> None:
@@ -99,24 +88,10 @@ def count_flops(fn: Callable[[], object]) -> float:
     return float(counter.get_total_flops())
 
 
-def matmul_rate(device: torch.device, n: int = 2048, runs: int = 10) -> float:
-    """Achieved fp32 GFLOP/s of an n×n matrix product on this device (median of ``runs``)."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    stats = time_runs(lambda: a @ b, runs, device)
-    return 2 * n**3 / stats["median_s"] / 1e9
-
-
 def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    cpu = platform.processor() or "CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    return f"{machine.cpu_info()['model']}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
 # ----------------------------------------------------------------------------- the operations
@@ -171,7 +146,7 @@ def run(args: argparse.Namespace) -> List[dict]:
     if args.threads:
         torch.set_num_threads(args.threads)
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
-    rate = matmul_rate(device)
+    rate = machine.matmul_rate(torch.float32, runs=10, device=device)
     print(f"# machine: {machine_description(device)}")
     print(f"# measured fp32 matmul rate: {rate:.1f} GFLOP/s (2048x2048, median of 10)")
     print(f"# model: {args.config}, runs: median of {args.runs} after 1 warm-up, amp: {args.amp}")

@@ -34,14 +34,6 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 BLOCKS = ("enh.forw_enh", "inv", "g_a", "h_a", "h_mean_s", "h_scale_s", "g_s", "enh.back_enh")
 
 
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def flops_by_block(preset: str, patch: int) -> Dict[str, float]:
     """Forward FLOPs per pixel of each block, from torch's FlopCounterMode module tracking."""
     import torch
@@ -69,6 +61,7 @@ def one(preset: str, batch: int, patch: int, threads: int, bf16: bool, compile_:
     import torch
 
     torch.set_num_threads(threads)
+    # From speed.py, not machine.py: a --baseline checkout has these there.
     from speed import _peak_memory_gib, _reset_peak_memory, build_model, make_train_step
 
     model = build_model(preset, torch.device("cpu")).train()
@@ -122,13 +115,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from speed import machine_description, matmul_rate
+    import machine  # benchmarks/machine.py
+    from speed import machine_description
 
     torch.set_num_threads(1)
-    rate = matmul_rate(torch.device("cpu"))
+    rate = machine.matmul_rate(torch.float32, runs=10)
     print(f"machine: {machine_description(torch.device('cpu'))}; fp32 2048² matmul, 1 thread: {rate:.1f} GFLOP/s")
-    bf16_options = [False, True] if cpu_has_bf16() else [False]
-    if not cpu_has_bf16():
+    bf16_options = [False, True] if machine.has_bf16() else [False]
+    if not machine.has_bf16():
         print("bf16 autocast: not measured (this CPU has neither AVX512-BF16 nor AMX)")
     reference = dict(preset="tiny", batch=4, patch=64, threads=1, bf16=False, compile=False)  # the old demo
     configs = [reference]
