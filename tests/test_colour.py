@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import photo
 from utils.evaluation.anchors import code_image
-from utils.evaluation.colour import ORDER_NAMES, AnchorCurve, colour_rows, reorder, spread_db, summarise
+from utils.evaluation.colour import ORDER_NAMES, AnchorCurve, ColourRow, colour_rows, reorder, spread_db, summarise
 from tools.training_data import distinct_pictures, wallpaper_name
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -75,3 +75,10 @@ def test_one_picture_per_wallpaper_the_largest_without_screenshots_or_small_tile
     assert {k: v.name for k, v in found.items()} == {
         "plasma-Path": "2560x1600.png", "plasma-Path-dark": "1280x800.png", "plasma-wood-d": "wood-d.png"}
     assert wallpaper_name("gnome-backgrounds", Path("usr/share/backgrounds/gnome/wood-d.webp")) == "gnome-wood-d"
+
+
+def test_rd_loss_is_the_training_objective():
+    row = ColourRow("photo", "RGB", bpp=0.5, psnr=30.0, anchor_bpp=float("nan"), anchor_psnr=float("nan"))
+    assert row.rd_loss(0.01) == pytest.approx(0.5 + 0.01 * 255**2 * 1e-3)
+    assert math.isnan(summarise([row])["rd_loss"]) and summarise([row], 0.01)["rd_loss"] == pytest.approx(row.rd_loss(0.01))
+

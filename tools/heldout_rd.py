@@ -7,7 +7,8 @@
 Photos: every image in --data (default: the held-out folder that tools/training_data.py writes, else
 scikit-image's chelsea and coffee). Per checkpoint it prints the mean bpp and PSNR over photos x orders,
 the PSNR gain over JPEG at the same rate, the rate against JPEG at the same PSNR (geometric mean over the
-coded images inside JPEG's sweep), and the worst photo's PSNR spread over its six channel orders. With four
+coded images inside JPEG's sweep; "in" counts them), the training objective bpp + λ·255²·MSE at the
+checkpoint's λ (what ranks two runs of one λ), and the worst photo's PSNR spread over its six channel orders. With four
 or more checkpoints it also prints the BD-rate of their curve (mean over the coded images) against each
 anchor's. Rates are estimated from the likelihoods unless --real. See utils/evaluation/colour.py.
 """
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
                        for name, rgb in photos.items() for order in args.orders} for codec in ANCHORS}
 
     report = {"photos": list(photos), "orders": args.orders, "real": args.real, "models": []}
-    print(f"{'checkpoint':<58} {'bpp':>7} {'PSNR':>7} {'ΔPSNR JPEG':>10} {'rate vs JPEG':>12} {'vs WebP':>8} {'spread':>7}")
+    print(f"{'checkpoint':<58} {'bpp':>7} {'PSNR':>7} {'ΔPSNR JPEG':>10} {'rate vs JPEG':>12} {'vs WebP':>8} {'spread':>7} {'in':>3} {'R+λD':>7}")
     for checkpoint in checkpoints:
         model = load_checkpoint(checkpoint, map_location="cpu")
 
@@ -77,12 +78,13 @@ def main(argv=None) -> int:
         rows = colour_rows(code, photos, anchors["jpeg"], args.orders)
         webp = [np.log(r.bpp / anchors["webp"][(r.photo, r.order)].rate_at(r.psnr)) for r in rows]
         webp = [w for w in webp if np.isfinite(w)]
-        summary = summarise(rows) | {"rate_vs_webp_pct": float(100 * np.expm1(np.mean(webp))) if webp else float("nan"),
+        summary = summarise(rows, getattr(model, "lmbda", None)) | {"rate_vs_webp_pct": float(100 * np.expm1(np.mean(webp))) if webp else float("nan"),
                                      "spread_db": spread_db(rows)}
         report["models"].append(dict(checkpoint=str(checkpoint), summary=summary, rows=[vars(r) for r in rows]))
         print(f"{str(checkpoint)[-58:]:<58} {summary['bpp']:>7.4f} {summary['psnr']:>7.3f} "
               f"{summary['delta_psnr_vs_anchor']:>+10.2f} {summary['rate_vs_anchor_pct']:>+11.1f}% "
-              f"{summary['rate_vs_webp_pct']:>+7.1f}% {summary['worst_spread_db']:>6.2f}")
+              f"{summary['rate_vs_webp_pct']:>+7.1f}% {summary['worst_spread_db']:>6.2f} {summary['rows_in_anchor_range']:>3} "
+              f"{summary['rd_loss']:>7.4f}")
         print("    spread per photo (dB): " + ", ".join(f"{k} {v:.2f}" for k, v in summary["spread_db"].items()))
         del model
     if len(checkpoints) >= 4:

@@ -77,6 +77,10 @@ class ColourRow:
     anchor_bpp: float  # the anchor's rate at this PSNR (NaN: outside its sweep)
     anchor_psnr: float  # the anchor's PSNR at this rate
 
+    def rd_loss(self, lmbda: float) -> float:
+        """The training objective on this image: bpp + λ·255²·MSE (MSE of 8-bit values scaled to [0, 1])."""
+        return self.bpp + lmbda * 255**2 * 10 ** (-self.psnr / 10)
+
     @property
     def rate_vs_anchor_pct(self) -> float:
         return 100.0 * (self.bpp / self.anchor_bpp - 1.0)
@@ -108,8 +112,9 @@ def spread_db(rows: Sequence[ColourRow]) -> dict[str, float]:
     return {photo: max(values) - min(values) for photo, values in by_photo.items()}
 
 
-def summarise(rows: Sequence[ColourRow]) -> dict[str, float]:
-    """Means over every row (photos x orders) and the worst photo's spread."""
+def summarise(rows: Sequence[ColourRow], lmbda: float | None = None) -> dict[str, float]:
+    """Means over every row (photos x orders) and the worst photo's spread; with the model's λ, also the
+    mean training objective: what ranks two runs at the same λ, whichever way each moved along the curve."""
     # geometric mean of the rate ratios, as a BD-rate averages log-rates
     finite = [np.log(r.bpp / r.anchor_bpp) for r in rows if np.isfinite(r.anchor_bpp)]
     return dict(
@@ -119,4 +124,5 @@ def summarise(rows: Sequence[ColourRow]) -> dict[str, float]:
         rate_vs_anchor_pct=float(100.0 * np.expm1(np.mean(finite))) if finite else float("nan"),
         rows_in_anchor_range=len(finite),
         worst_spread_db=max(spread_db(rows).values()),
+        rd_loss=float(np.mean([r.rd_loss(lmbda) for r in rows])) if lmbda else float("nan"),
     )
