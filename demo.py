@@ -3,7 +3,9 @@
     python demo.py                      # about 4 minutes on 2 CPU cores
     python demo.py --minutes 10         # a longer training step (fine-tuning the middle shipped model)
 
-Needs no download: the photos are those shipped with scikit-image, the models those in models/weights/.
+The held-out photos: scikit-image's chelsea and coffee, and two wallpaper photos that tools/training_data.py
+keeps out of training (Debian's plasma-workspace-wallpapers, fetched with apt-get once into runs/debs;
+without apt-get or --no-wallpapers, the scikit-image photos alone). The models are those in models/weights/.
 Writes everything under --out (default demo_output/, which a new run replaces) and ends with a table,
 BD-rates against JPEG, an RD plot, a visual comparison sheet and the list of files written.
 Exit codes: 0 done, 1 user error (or a failed step), 130 interrupted.
@@ -32,6 +34,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--cuda", action="store_true", help="train and code on CUDA")
     p.add_argument("--threads", type=int, default=defaults.threads,
                    help="CPU threads of each script (more only pay off on cores nothing else uses)")
+    p.add_argument("--no-wallpapers", dest="wallpapers", action="store_false",
+                   help="judge on scikit-image's held-out photos only (the wallpaper photos need apt-get)")
     p.add_argument("--seed", type=int, default=defaults.seed, help="training seed")
     return p.parse_args(argv)
 

@@ -41,7 +41,8 @@ def run(args, timeout=600) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo_output"
-    result = run(["demo.py", "--out", str(out), "--steps", "2", "--max-side", "96", "--test-photos", "chelsea"])
+    result = run(["demo.py", "--out", str(out), "--steps", "2", "--max-side", "96", "--test-photos", "chelsea",
+                  "--no-wallpapers"])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result.stdout, Layout(out)
 
@@ -118,10 +119,22 @@ def test_training_step_runs_and_its_model_is_coded(demo):
 def test_plot_sheet_and_listed_files_exist(demo):
     stdout, layout = demo
     listing = stdout[stdout.index("files:"):]
-    for path in (layout.plot_prefix.with_suffix(".png"), layout.sheet, layout.compare / "icwem.json"):
+    for path in (layout.plot_prefix.with_suffix(".png"), layout.sheet, layout.colour_sheet, layout.compare / "icwem.json"):
         assert path.is_file() and (str(path) in listing or str(path.parent) in listing), path
     sheet, _ = read_image(layout.sheet)
     assert sheet.shape[1] > 5 * 64  # original, ICWEM, JPEG, WebP, AVIF side by side
+
+
+def test_the_photo_with_red_and_green_swapped_is_coded_beside_its_original(demo):
+    stdout, layout = demo
+    line = re.search(r"channel order, (\S+) on chelsea: RGB ([\d.]+) bpp ([\d.]+) dB; GRB ([\d.]+) bpp ([\d.]+) dB", stdout)
+    assert line, stdout[-3000:]
+    swapped, _ = read_image(layout.swapped / "chelsea.png")
+    original, _ = read_image(layout.photos / "chelsea.png")
+    assert np.array_equal(swapped, original[..., [1, 0, 2]])
+    results = json.loads((layout.coded / f"{line.group(1)}-GRB" / "results.json").read_text())
+    assert results["images"][0]["psnr"] == pytest.approx(float(line.group(5)), abs=0.01)
+    assert read_image(layout.colour_sheet)[0].shape[1] > 4 * 64  # two inputs, two decodings
 
 
 def test_held_out_photos_are_never_trained_on(demo):

@@ -40,6 +40,7 @@ from PIL import Image, ImageDraw, ImageFont
 from models.zoo import shipped_models
 from utils.errors import UserError
 from utils.evaluation.anchors import CODECS, codec_unavailable, describe, evaluate_codecs, match_quality
+from utils.evaluation.colour import reorder
 from utils.evaluation.plots import bd_table, format_bd_table, plot_rd
 from utils.evaluation.results import read_results, write_results
 from utils.image_io import read_image, to_tensor, write_png
@@ -81,6 +82,7 @@ class DemoConfig:
     # one of two cores, a second thread waits for it (measured: steps many times slower).
     threads: int = 1
     seed: int = 100
+    wallpapers: bool = True  # also judge on the held-out wallpaper photos (apt-get download, cached in runs/debs)
 
 
 @dataclass
@@ -95,9 +97,13 @@ class Layout:
     train: Path = field(init=False)
     plot_prefix: Path = field(init=False)
     sheet: Path = field(init=False)
+    swapped: Path = field(init=False)
+    colour_sheet: Path = field(init=False)
 
     def __post_init__(self):
         self.photos = self.out / "photos"
+        self.swapped = self.out / "swapped"
+        self.colour_sheet = self.out / "channel_order.png"
         self.coded = self.out / "coded"
         self.compare = self.out / "compare"
         self.data = self.out / "data"
@@ -114,10 +120,11 @@ def run_demo(cfg: DemoConfig) -> int:
     layout = Layout(Path(cfg.out_dir))
     prepare_output(layout)
 
-    heading(1, "held-out photographs shipped with scikit-image (never trained on)")
+    heading(1, "held-out photographs (never trained on): scikit-image's, and the wallpaper photos kept out of training")
     for name in cfg.test_photos:
         write_png(layout.photos / f"{name}.png", shrink(load_photo(name), cfg.max_side))
-    print(f"{layout.photos}: {', '.join(cfg.test_photos)}")
+    wallpapers = held_out_photos(layout.photos, cfg)
+    print(f"{layout.photos}: {', '.join([*cfg.test_photos, *wallpapers])}")
 
     heading(2, f"coding them with the {len(models)} shipped models into real files (test.py --real)")
     icwem = {}
@@ -130,8 +137,10 @@ def run_demo(cfg: DemoConfig) -> int:
     rows = [matched_row(model, icwem[model["name"]], layout) for model in models]
     print(f"swept {len(ANCHORS)} codecs over {len(paths)} photos; matched files in {layout.compare}")
 
-    heading(4, "training: train.py fine-tunes the middle shipped model on the other photos, then test.py codes")
     base = models[len(models) // 2]
+    swap = code_swapped(cfg.test_photos[0], base, layout, cfg)
+
+    heading(4, "training: train.py fine-tunes the middle shipped model on the other photos, then test.py codes")
     trained = train_and_code(base, cfg, layout)
 
     heading(5, "results")
@@ -139,6 +148,7 @@ def run_demo(cfg: DemoConfig) -> int:
     plots = plot_rd(curves, layout.plot_prefix, title=f"{len(paths)} held-out photos: shipped ICWEM vs "
                                                       + ", ".join(CODECS[c].label for c in ANCHORS))
     sheet = comparison_sheet(cfg.test_photos[0], base["name"], layout)
+    colour_sheet = channel_order_sheet(swap, layout)
     print("\n".join(format_table(rows)))
     print(f"\nmeans over {len(paths)} photos; bpp: bits per pixel of the real files (all bytes); anchors at the "
           "quality whose file size is closest to ICWEM's on each photo.")
@@ -148,8 +158,10 @@ def run_demo(cfg: DemoConfig) -> int:
     print(f"\nfine-tuned {base['name']} ({trained['steps']} steps in {trained['minutes']:.1f} min): "
           f"{mean['bpp']:.3f} bpp, {mean['psnr']:.2f} dB, MS-SSIM {mean['ms_ssim']:.4f} "
           f"(shipped: {icwem[base['name']]['mean']['bpp']:.3f} bpp, {icwem[base['name']]['mean']['psnr']:.2f} dB)")
+    print(f"\nchannel order, {base['name']} on {swap['photo']}: " + "; ".join(
+        f"{p['order']} {p['bpp']:.3f} bpp {p['psnr']:.2f} dB" for p in swap["panels"]) + " (a codec should not care)")
     print()
-    print("\n".join(artifact_lines(layout, models, plots, sheet)))
+    print("\n".join(artifact_lines(layout, models, plots, sheet, colour_sheet)))
     minutes, seconds = divmod(round(time.monotonic() - started), 60)
     print(f"\ndemo finished in {minutes} min {seconds:02d} s")
     return 0
@@ -179,6 +191,20 @@ def check_config(cfg: DemoConfig) -> list[dict]:
     if not models:
         raise UserError("no shipped models in models/weights/ (manifest.json missing)")
     return models
+
+
+def held_out_photos(photos: Path, cfg: DemoConfig) -> list[str]:
+    """The held-out wallpaper photos into ``photos`` (tools/training_data.py); none, with a note, where the
+    Debian package cannot be had (no apt-get, no network) or with ``--no-wallpapers``."""
+    if not cfg.wallpapers:
+        return []
+    from tools.training_data import held_out_wallpapers  # here: that tool imports this module's photo helpers
+
+    try:
+        return held_out_wallpapers(photos, REPO / "runs" / "debs", cfg.max_side)
+    except UserError as exc:
+        print(f"note: judging on scikit-image's photos only: {exc}")
+        return []
 
 
 def prepare_output(layout: Layout) -> None:
@@ -312,6 +338,25 @@ def write_curves(sweeps: dict, models: Sequence[dict], icwem: dict, layout: Layo
     return [read_results(path) for path in files]
 
 
+SWAP = "GRB"  # red and green swapped: the order that showed the old models' palette bias most
+
+
+def code_swapped(photo: str, model: dict, layout: Layout, cfg: DemoConfig) -> dict:
+    """Code ``photo`` with its red and green channels swapped, with ``model`` (test.py --real); the panels of
+    the channel-order sheet: the photo and its swap, each with ICWEM's decoding and the file's numbers."""
+    original, _ = read_image(layout.photos / f"{photo}.png")
+    write_png(layout.swapped / f"{photo}.png", reorder(original, ["RGB".index(c) for c in SWAP]))
+    swapped = code_with(model["name"], layout.swapped, layout.coded / f"{model['name']}-{SWAP}", cfg)
+    plain = json.loads((layout.coded / model["name"] / "results.json").read_text())
+    panels = []
+    for order, folder, coded in (("RGB", layout.photos, plain), (SWAP, layout.swapped, swapped)):
+        image = next(i for i in coded["images"] if i["name"] == photo)
+        decoded_dir = layout.coded / (model["name"] if order == "RGB" else f"{model['name']}-{SWAP}")
+        panels.append({"order": order, "bpp": image["bpp"], "psnr": image["psnr"],
+                       "input": folder / f"{photo}.png", "decoded": decoded_dir / f"{photo}.png"})
+    return {"photo": photo, "model": model["name"], "panels": panels}
+
+
 # ---------------------------------------------------------------------------------------------- training
 def train_and_code(base: dict, cfg: DemoConfig, layout: Layout) -> dict:
     """Fine-tune ``base`` on the training photos with train.py, then code the held-out photos with it."""
@@ -376,7 +421,12 @@ def comparison_sheet(photo: str, model_name: str, layout: Layout) -> Path:
         f = files[index]
         decoded, _ = read_image(f["file"])
         panels.append((f"{label} q{f['quality']}: {f['bpp']:.3f} bpp, {f['psnr']:.2f} dB", decoded))
-    h, w = original.shape[:2]
+    return _sheet(panels, layout.sheet)
+
+
+def _sheet(panels: Sequence[tuple[str, np.ndarray]], path: Path) -> Path:
+    """Labelled panels side by side, each the same centre crop (zoomed 2x when small), saved to ``path``."""
+    h, w = panels[0][1].shape[:2]
     side = min(SHEET_CROP, h, w)
     top, left = (h - side) // 2, (w - side) // 2
     zoom = 2 if side <= 128 else 1
@@ -389,11 +439,21 @@ def comparison_sheet(photo: str, model_name: str, layout: Layout) -> Path:
         x = k * (side * zoom + gap)
         sheet.paste(crop, (x, label_h))
         draw.text((x + 2, 2), label, fill="black", font=font)
-    sheet.save(layout.sheet)
-    return layout.sheet
+    sheet.save(path)
+    return path
 
 
-def artifact_lines(layout: Layout, models: Sequence[dict], plots: Sequence[Path], sheet: Path) -> list[str]:
+def channel_order_sheet(swap: dict, layout: Layout) -> Path:
+    """The photo and its channel swap, each beside ICWEM's decoding of it (the same crop as the comparison)."""
+    panels = []
+    for p in swap["panels"]:
+        panels.append((f"{p['order']} input", read_image(p["input"])[0]))
+        panels.append((f"ICWEM: {p['bpp']:.3f} bpp, {p['psnr']:.2f} dB", read_image(p["decoded"])[0]))
+    return _sheet(panels, layout.colour_sheet)
+
+
+def artifact_lines(layout: Layout, models: Sequence[dict], plots: Sequence[Path], sheet: Path,
+                   colour_sheet: Path) -> list[str]:
     """Where every file of the run is, one per line."""
     return [
         "files:",
@@ -403,6 +463,7 @@ def artifact_lines(layout: Layout, models: Sequence[dict], plots: Sequence[Path]
         f"  RD curves (JSON)       {layout.compare}/: {', '.join(c + '.json' for c in ANCHORS)}, icwem.json",
         f"  RD plot                {', '.join(str(p) for p in plots)}",
         f"  comparison sheet       {sheet}",
+        f"  channel-order sheet    {colour_sheet} (inputs in {layout.photos}/ and {layout.swapped}/)",
         f"  training               {layout.data} (photos), {layout.train} (checkpoints, TensorBoard), "
         f"{layout.coded / 'fine-tuned'} (its files)",
         f"  shipped models         {', '.join(m['name'] for m in models)} (models/weights/)",

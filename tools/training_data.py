@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -56,15 +56,19 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def fetch_packages(debs: Path) -> dict[str, Path]:
-    """The three .deb files at the pinned versions, downloaded with apt-get unless already in ``debs``."""
+def fetch_packages(debs: Path, names: Sequence[str] = tuple(PACKAGES)) -> dict[str, Path]:
+    """The .deb files at the pinned versions, downloaded with apt-get unless already in ``debs``."""
     debs.mkdir(parents=True, exist_ok=True)
     found = {}
-    for name, version in PACKAGES.items():
+    for name in names:
+        version = PACKAGES[name]
         deb = debs / f"{name}_{version.replace(':', '%3a')}_all.deb"  # apt-get's file name for it
         if not deb.exists():
-            done = subprocess.run(["apt-get", "download", f"{name}={version}"], cwd=debs, capture_output=True, text=True)
-            if done.returncode != 0 or not deb.exists():
+            try:
+                done = subprocess.run(["apt-get", "download", f"{name}={version}"], cwd=debs, capture_output=True, text=True)
+            except FileNotFoundError:
+                raise UserError("apt-get not found: the wallpaper packages come from Debian's archive") from None
+            if done.returncode != 0 or not deb.exists():  # also: no apt-get here (FileNotFoundError below)
                 last = (done.stderr.strip().splitlines() or ["no output"])[-1]
                 raise UserError(f"apt-get download {name}={version} failed ({last}); run 'apt-get update' first")
         found[name] = deb
@@ -136,6 +140,24 @@ def build(out: Path, debs: Path, max_side: int, check: bool) -> list[dict]:
         target = out / splits[0] / f"{entry['name']}.png"
         listing.append(dict(entry, split=splits[0], width=img.shape[1], height=img.shape[0], sha256=sha256(target)))
     return listing
+
+
+def held_out_wallpapers(out: Path, debs: Path, max_side: Optional[int] = None) -> list[str]:
+    """Write only the held-out wallpaper photos (``HELD_OUT``) into ``out`` as PNGs, shrunk as for training
+    and then to ``max_side``; returns their names. For the demo, which judges on them beside scikit-image's."""
+    package = "plasma-workspace-wallpapers"
+    assert all(name.startswith("plasma-") for name in HELD_OUT)
+    listing = json.loads(LISTING.read_text())
+    expected = {e["name"]: e for e in listing["pictures"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / package
+        subprocess.run(["dpkg", "-x", str(fetch_packages(debs, [package])[package]), str(root)], check=True)
+        pictures = distinct_pictures(root, package)
+        for name in HELD_OUT:
+            check_source(name, sha256(pictures[name]), expected)
+            img = shrink(shrink(read_rgb(pictures[name]), listing["max_side"]), max_side)
+            write_png(out / f"{name}.png", img)
+    return list(HELD_OUT)
 
 
 def main(argv=None) -> int:
