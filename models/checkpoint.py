@@ -86,9 +86,23 @@ def model_from_state_dict(sd: Mapping[str, Tensor], config: Optional[Mapping] = 
     return model
 
 
+def trained_lambda(obj: Mapping) -> Optional[float]:
+    """The MSE λ a checkpoint was trained for: a shipped file's ``lambda``, a training checkpoint's
+    ``args["lmbda"]`` (unless it trained for MS-SSIM, whose λ weighs another distortion); else None."""
+    args = obj.get("args") if isinstance(obj.get("args"), Mapping) else {}
+    value = obj.get("lambda", args.get("lmbda") if args.get("type", "mse") == "mse" else None)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if value > 0 else None  # NaN (a shipped file without one) fails the comparison too
+
+
 def load_checkpoint(path: Union[str, Path], map_location="cpu") -> ICWEM:
-    """Load a checkpoint file into an ICWEM in eval mode with its entropy-coder tables rebuilt."""
-    sd, cfg = split_checkpoint(read_checkpoint(path, map_location))
+    """Load a checkpoint file into an ICWEM in eval mode with its entropy-coder tables rebuilt (and
+    ``lmbda``, the λ it was trained for, where the file records it)."""
+    obj = read_checkpoint(path, map_location)
+    sd, cfg = split_checkpoint(obj)
     try:
         model = model_from_state_dict(sd, cfg)
     except UserError as exc:
@@ -96,4 +110,5 @@ def load_checkpoint(path: Union[str, Path], map_location="cpu") -> ICWEM:
     model = model.to(map_location) if isinstance(map_location, (str, torch.device)) else model
     model.eval()
     model.update(force=True)
+    model.lmbda = trained_lambda(obj)
     return model

@@ -123,6 +123,9 @@ class ICWEM(CompressionModel):
     # The entropy-parameter networks (h_*_s, SWAtten, mean / scale / LRP) stream over bands of this many
     # latent rows; None: about tiling.LATENT_BAND_PIXELS latent pixels (0 whenever ``tile`` is 0).
     latent_tile: Optional[int] = None
+    # The rate-distortion λ (MSE) the weights were trained for, where the checkpoint records it
+    # (``load_checkpoint`` sets it): encode-time refinement's trade-off (models/refine.py). None: unknown.
+    lmbda: Optional[float] = None
 
     def __init__(self, config: Optional[ModelConfig] = None, **overrides) -> None:
         """``ICWEM()`` is the published model; ``ICWEM(**get_config("tiny"))`` or ``ICWEM(N=64)`` override
@@ -404,11 +407,20 @@ class ICWEM(CompressionModel):
         holds, per image, the CRC-32 of the symbols and scale indexes the decoder must rebuild
         (``portable.CoderCheck``); ``return_y_hat`` also returns the encoder's own ŷ.
         """
-        tables = self._coder_tables()
-        batch = x.shape[0]
+        self._coder_tables()  # fails before the analysis, not after it
         y = self.analysis(x)
         del x  # a caller that passes the image without keeping it (encode_image) frees it for the coding
-        z = self.h_a(y)
+        return self.compress_latents(y, None, return_y_hat, chunk_symbols)
+
+    def compress_latents(self, y: Tensor, z: Optional[Tensor] = None, return_y_hat: bool = False,
+                         chunk_symbols: Optional[int] = CHUNK_SYMBOLS) -> Dict:
+        """What :meth:`compress` does after its analysis transform: code the latent ``y`` and the
+        hyper-latent ``z`` (default ``h_a(y)``). Encode-time refinement (models/refine.py) passes its own
+        y and z here, so a refined file goes through the same portable parameters, coder check and
+        format as a plain one, and any decoder reads it."""
+        tables = self._coder_tables()
+        batch = y.shape[0]
+        z = self.h_a(y) if z is None else z
         z_strings = self.entropy_bottleneck.compress(z)
         z_hat = self.entropy_bottleneck.decompress(z_strings, z.shape[-2:])
         nets, z_in = self._parameter_path(z_hat)

@@ -149,7 +149,9 @@ class InvertibleConv1x1(nn.Module):
     """A learned 3×3 channel-mixing matrix, initialised orthogonal; the reverse applies its inverse.
 
     The inverse is computed in float64 (then cast back to the weight's dtype) like the original. Outside autograd it
-    is cached and recomputed only when the weight changes (tracked by its version counter).
+    is cached and recomputed only when the weight changes (tracked by its version counter). The cached copy is an
+    ordinary tensor even when made under ``inference_mode``, so that a pass with autograd on and the weights
+    frozen (encode-time refinement, models/refine.py) may use it after a plain encode.
     """
 
     def __init__(self, channels: int = 3) -> None:
@@ -167,7 +169,8 @@ class InvertibleConv1x1(nn.Module):
             return torch.linalg.inv(w.double()).to(w.dtype)
         key = (w.data_ptr(), w._version, w.device, w.dtype)
         if self._inverse_cache is None or self._inverse_cache[0] != key:
-            self._inverse_cache = (key, torch.linalg.inv(w.detach().double()).to(w.dtype))
+            with torch.inference_mode(False):
+                self._inverse_cache = (key, torch.linalg.inv(w.detach().double()).to(w.dtype))
         return self._inverse_cache[1]
 
     def reverse(self, y: Tensor) -> Tensor:
