@@ -8,8 +8,9 @@ For every image under DIR (recursive): PSNR, MS-SSIM (linear and dB), bpp and en
 averaged over the images. Without --real, bpp is estimated from the forward pass's likelihoods; with
 --real it is the size of the real .icwem file, header included, and the estimate and the overhead are
 shown beside it. --output writes the points as CompressAI eval_model JSON. --tile N: rows per band of
-the streamed transforms (default: bands of about 0.75 megapixels; 0: whole images). Exit codes: 0
-done, 1 user error (missing data, no images, unreadable checkpoint, ...).
+the streamed transforms (default: bands of about 0.75 megapixels; 0: whole images). --real --refine N
+refines each image's latents for N iterations before coding (docs/refinement.md), for RD curves of
+refined files. Exit codes: 0 done, 1 user error (missing data, no images, unreadable checkpoint, ...).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from models.zoo import expand_shipped
-from utils.cli import add_max_pixels_argument, add_tile_argument, run_cli
+from utils.cli import add_max_pixels_argument, add_refine_arguments, add_tile_argument, run_cli
 from utils.coding.bitstream import DEFAULT_MAX_PIXELS
+from models.refine import RefineOptions
 from utils.device import select_device
 from utils.evaluation.measure import RATE_ESTIMATE, RATE_REAL, evaluate_checkpoints, format_table, rd_results
 from utils.evaluation.results import write_results
@@ -36,6 +38,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--name", default="ICWEM", help="curve name in the JSON file")
     add_tile_argument(p)
     add_max_pixels_argument(p, DEFAULT_MAX_PIXELS)
+    add_refine_arguments(p)
     return p.parse_args(argv)
 
 
@@ -43,11 +46,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     device = select_device(args.cuda)
     args.checkpoint = expand_shipped(args.checkpoint)
-    points = evaluate_checkpoints(args.checkpoint, args.data, args.real, device, tile=args.tile, max_pixels=args.max_pixels)
+    refine = RefineOptions(args.refine, args.refine_lambda, args.refine_minutes, progress=True)
+    points = evaluate_checkpoints(args.checkpoint, args.data, args.real, device, tile=args.tile, max_pixels=args.max_pixels,
+                                  refine=refine)
 
     rate = RATE_REAL if args.real else RATE_ESTIMATE
     print(f"{args.data} on {device}")
     print(f"rate: {rate}")
+    if args.refine:
+        print(f"latents refined for {args.refine} iterations per image before coding (encode times include it)")
     print("every column is a mean over the images; times in seconds per image")
     print("\n".join(format_table("checkpoint", list(zip(args.checkpoint, points)))))
     if args.output is not None:

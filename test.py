@@ -11,7 +11,8 @@ Without --real nothing is entropy-coded: bpp is the likelihood estimate of the f
 has no bytes, estimate or overhead columns, and no .icwem or .png file is written (they need --real).
 Without --save-dir only the table is printed. Large images are coded in row bands of about 0.75
 megapixels, in memory that grows with the width only; --tile N sets the rows per band, --tile 0 codes
-each image whole (same bitstreams either way). Exit codes: 0 done, 1 user error.
+each image whole (same bitstreams either way). --real --refine N refines each image's latents for N
+iterations before coding (docs/refinement.md). Exit codes: 0 done, 1 user error.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from utils.cli import add_max_pixels_argument, add_tile_argument, run_cli
+from utils.cli import add_max_pixels_argument, add_refine_arguments, add_tile_argument, run_cli
 from utils.coding.bitstream import DEFAULT_MAX_PIXELS
+from models.refine import RefineOptions
 from utils.device import select_device
 from utils.evaluation.measure import RATE_ESTIMATE, RATE_REAL, code_images
 
@@ -34,6 +36,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--save-dir", help="folder for the .icwem/.png files and results.csv/results.json")
     add_tile_argument(p)
     add_max_pixels_argument(p, DEFAULT_MAX_PIXELS)
+    add_refine_arguments(p)
     return p.parse_args(argv)
 
 
@@ -44,7 +47,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"rate: {RATE_REAL if args.real else RATE_ESTIMATE}; times in seconds")
     if args.save_dir is not None and not args.real:
         print("no --real: writing only results.csv and results.json (.icwem and .png files need --real)")
-    code_images(args.checkpoint, args.data, args.real, device, args.save_dir, tile=args.tile, max_pixels=args.max_pixels)
+    refine = RefineOptions(args.refine, args.refine_lambda, args.refine_minutes, progress=True)
+    code_images(args.checkpoint, args.data, args.real, device, args.save_dir, tile=args.tile, max_pixels=args.max_pixels,
+                refine=refine)
     if args.save_dir is not None:
         print(f"wrote {args.save_dir}/")
     return 0

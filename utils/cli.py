@@ -45,6 +45,41 @@ def add_max_pixels_argument(parser: argparse.ArgumentParser, default: int) -> No
     )
 
 
+def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--refine N`` (encode-time refinement, models/refine.py), its time budget and its λ."""
+    parser.add_argument(
+        "--refine", type=whole_number(0, "iterations"), default=0, metavar="N",
+        help="refine each image's latents for N iterations before coding them: smaller files at the same "
+             "quality, read by the same decoder (docs/refinement.md). Each iteration costs about 20 s of one CPU "
+             "core per megapixel with the shipped models. Default 0: plain encoding",
+    )
+    parser.add_argument(
+        "--refine-minutes", type=positive_number("minutes"), default=None, metavar="M",
+        help="time budget of each image's refinement: it anneals by the time spent when that is ahead and "
+             "stops after M minutes with the best latents so far",
+    )
+    parser.add_argument(
+        "--refine-lambda", type=positive_number("λ"), default=None, metavar="λ",
+        help="rate-distortion trade-off to refine for (rate + λ·255²·MSE; default: the λ the checkpoint was "
+             "trained for, which shipped models and our training checkpoints record)",
+    )
+
+
+def positive_number(unit: str) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number of ``unit`` above 0, else a one-line error."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of {unit}")
+        return value
+
+    return parse
+
+
 def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]], argv: Optional[Sequence[str]] = None) -> None:
     """Run ``main(argv)`` and turn user errors into one line on stderr and a non-zero exit code.
 

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import time
 import weakref
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
+
+from models.refine import RefineOptions, compress_refined
 
 from .bitstream import DEFAULT_MAX_PIXELS, Bitstream, file_size, pixel_limit_problem
 from ..errors import UserError
@@ -42,20 +45,29 @@ def packed_size(bs: Bitstream) -> int:
     return file_size(bs)
 
 
-def encode_image(model: nn.Module, rgb_uint8: np.ndarray) -> tuple[Bitstream, dict]:
+def encode_image(
+    model: nn.Module, rgb_uint8: np.ndarray, refine: Optional[RefineOptions] = None
+) -> tuple[Bitstream, dict]:
     """Code an HxWx3 uint8 image; returns the bitstream and ``{"bytes", "bpp", "encode_s"}``.
 
     ``bytes`` is the size of the whole ``.icwem`` file and ``bpp`` counts those bytes per pixel of the
     original (unpadded) image. The model must be in eval mode with its coder tables built
-    (``load_checkpoint`` does both).
+    (``load_checkpoint`` does both). ``refine`` with iterations optimises the latents first
+    (models/refine.py; the stats then hold its ``Refinement`` as ``refine``); the file format and the
+    decoder are the same, and without iterations the bytes are exactly the plain encoder's.
     """
     height, width = rgb_uint8.shape[:2]
     fingerprint = model_fingerprint(model)
     device = next(model.parameters()).device
+    padding = compute_padding(height, width)
+    extra = {}
     start = time.perf_counter()
-    with torch.inference_mode():
-        padding = compute_padding(height, width)
-        out = model.compress(pad(to_tensor(rgb_uint8).to(device), padding))  # not kept: freed after the analysis
+    if refine is None or refine.iterations == 0:
+        with torch.inference_mode():
+            out = model.compress(pad(to_tensor(rgb_uint8).to(device), padding))  # not kept: freed after the analysis
+    else:
+        out, extra["refine"] = compress_refined(model, pad(to_tensor(rgb_uint8).to(device), padding), refine,
+                                                (height, width))
     encode_s = time.perf_counter() - start
 
     (y_string,), (z_string,) = out["strings"]
@@ -70,7 +82,7 @@ def encode_image(model: nn.Module, rgb_uint8: np.ndarray) -> tuple[Bitstream, di
         check=out["checks"][0],
     )
     num_bytes = packed_size(bs)
-    return bs, {"bytes": num_bytes, "bpp": bpp_from_bytes(num_bytes, height, width), "encode_s": encode_s}
+    return bs, {"bytes": num_bytes, "bpp": bpp_from_bytes(num_bytes, height, width), "encode_s": encode_s, **extra}
 
 
 def decode_bitstream(model: nn.Module, bs: Bitstream, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, dict]:

@@ -9,6 +9,8 @@ Two ways to measure an image, both on the whole image (padded for the model, cro
 * real (``--real``): the image is coded into the bytes of an ``.icwem`` file and decoded from those
   bytes. bpp counts every byte of the file, the 58-byte header and checksum included; quality is
   measured on the decoded image. The estimate is reported beside it, with the overhead in percent.
+  With ``--refine N`` the latents are refined before coding (models/refine.py); the estimate is then
+  that of the refined latents, and the encode time includes the refinement.
 
 Quality is always measured between 8-bit images, as a user would on the decoded PNG. Results for a set
 of images are plain averages over images (PSNR, bpp and times), as CompressAI averages them; MS-SSIM
@@ -32,6 +34,7 @@ from torch import nn
 from tqdm import tqdm
 
 from models import load_checkpoint
+from models.refine import RefineOptions
 from models.zoo import resolve_checkpoint
 
 from ..coding.bitstream import DEFAULT_MAX_PIXELS, OVERHEAD_BYTES, pack, read_file, unpack, write_file
@@ -82,6 +85,7 @@ def measure_image(
     real: bool,
     icwem_path: Optional[Path] = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    refine: Optional[RefineOptions] = None,
 ) -> tuple[dict, np.ndarray]:
     """Code one image and measure it (see the module docstring); returns (fields, reconstruction).
 
@@ -89,17 +93,23 @@ def measure_image(
 
     With ``real`` and an ``icwem_path``, the bitstream is written to that file and decoded from the file
     read back; without a path it makes the round trip through the same bytes in memory. An image above
-    ``max_pixels`` is refused before it is coded, as its decode would be.
+    ``max_pixels`` is refused before it is coded, as its decode would be. ``refine`` (real only)
+    refines the latents before they are coded.
     """
+    _check_refine(real, refine)
     height, width = rgb_uint8.shape[:2]
     if real and height * width > max_pixels:
         raise UserError(
             f"image of {width}x{height} = {height * width} pixels is above the decode limit of {max_pixels} "
             "pixels; pass --max-pixels to code it"
         )
-    bpp_estimate, reconstruction, forward_s = estimate(model, rgb_uint8)
+    refining = refine is not None and refine.iterations > 0
+    if not refining:  # a refined file has its own estimate, from the refinement
+        bpp_estimate, reconstruction, forward_s = estimate(model, rgb_uint8)
     if real:
-        bs, encoded = encode_image(model, rgb_uint8)
+        bs, encoded = encode_image(model, rgb_uint8, refine)
+        if refining:
+            bpp_estimate = encoded["refine"].bpp
         if icwem_path is None:
             data = pack(bs)
             num_bytes, received = len(data), unpack(data)
@@ -139,6 +149,11 @@ def mean_fields(rows: Sequence[dict]) -> dict:
     return mean
 
 
+def _check_refine(real: bool, refine: Optional[RefineOptions]) -> None:
+    if refine is not None and refine.iterations > 0 and not real:
+        raise UserError("--refine needs --real: it refines the latents that a real file codes")
+
+
 def _overhead_pct(bpp: float, bpp_estimate: float) -> float:
     return 100.0 * (bpp / bpp_estimate - 1.0) if bpp_estimate > 0 else float("inf")
 
@@ -167,12 +182,15 @@ def evaluate_checkpoints(
     device: torch.device,
     tile: Optional[int] = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    refine: Optional[RefineOptions] = None,
 ) -> list[dict]:
     """One RD point per checkpoint: the mean fields over every image under ``data`` (``mean_fields``).
 
     All checkpoint paths are checked before the first is evaluated, so a typo in the last one does
-    not surface hours later. Image notices (alpha dropped, ...) are logged once.
+    not surface hours later. Image notices (alpha dropped, ...) are logged once. ``refine``: see
+    ``measure_image``.
     """
+    _check_refine(real, refine)
     missing = [str(path) for path in checkpoints if not resolve_checkpoint(path).is_file()]
     if missing:
         raise UserError(f"checkpoint not found: {', '.join(missing)}")
@@ -183,7 +201,7 @@ def evaluate_checkpoints(
         rows = []
         for path in tqdm(paths, desc=str(checkpoint), unit="image", leave=False, dynamic_ncols=True):
             rgb = _read(path, show_notices=index == 0)
-            rows.append(measure_image(model, rgb, real, max_pixels=max_pixels)[0])
+            rows.append(measure_image(model, rgb, real, max_pixels=max_pixels, refine=refine)[0])
         points.append(mean_fields(rows))
         del model  # before the next one is loaded, so that only one is in memory at a time
     return points
@@ -250,14 +268,17 @@ def code_images(
     save_dir: Optional[PathLike],
     tile: Optional[int] = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    refine: Optional[RefineOptions] = None,
 ) -> tuple[list[dict], dict]:
     """Measure every image under ``data`` with one checkpoint; returns (per-image rows, mean fields).
 
     Each row starts with ``name``, ``height`` and ``width``. With ``save_dir`` and ``real``, each image
     leaves ``<name>.icwem`` (the bitstream) and ``<name>.png`` (decoded from that file as read back);
     with ``save_dir`` in either mode, ``results.csv`` and ``results.json`` hold the rows and the mean.
-    Each row is printed as soon as it is measured, and the mean after them.
+    Each row is printed as soon as it is measured, and the mean after them. ``refine``: see
+    ``measure_image``.
     """
+    _check_refine(real, refine)
     paths = find_images(data)
     names = output_names(paths, data)
     model = _load(checkpoint, device, tile)
@@ -268,7 +289,7 @@ def code_images(
     for path, name in zip(tqdm(paths, unit="image", leave=False, dynamic_ncols=True), names):
         rgb = _read(path)
         icwem_path = save_dir / f"{name}.icwem" if save_dir is not None and real else None
-        fields, reconstruction = measure_image(model, rgb, real, icwem_path, max_pixels)
+        fields, reconstruction = measure_image(model, rgb, real, icwem_path, max_pixels, refine)
         if icwem_path is not None:
             _write_png(save_dir / f"{name}.png", reconstruction)
         row = {"name": name, "height": rgb.shape[0], "width": rgb.shape[1], **fields}
