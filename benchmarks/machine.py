@@ -63,18 +63,24 @@ def matmul_rate(dtype: torch.dtype = torch.float32, n: int = 2048, runs: int = 5
     """Achieved GFLOP/s of an n×n matrix product in ``dtype`` on ``device`` (median of ``runs`` after a
     warm-up), with the threads torch has now."""
     device = torch.device(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     a @ b
-    sync()
+    synchronize(device)
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
         a @ b
-        sync()
+        synchronize(device)
         times.append(time.perf_counter() - t0)
     return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def synchronize(device: Union[str, torch.device]) -> None:
+    """Wait for ``device``'s queued work (CUDA runs asynchronously; the CPU has nothing to wait for)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def describe(threads: int) -> Dict[str, object]:
@@ -98,6 +104,26 @@ def describe(threads: int) -> Dict[str, object]:
 
 
 # ---------------------------------------------------------------------------------------- memory
+def reset_peak_memory(device: Union[str, torch.device] = "cpu") -> None:
+    """Start a new memory peak on ``device``: CUDA's allocator statistics (its cache emptied first), or
+    on the CPU the process's resident memory (``reset_peak_rss``)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        reset_peak_rss()
+
+
+def peak_memory_gib(device: Union[str, torch.device] = "cpu") -> float:
+    """The peak since ``reset_peak_memory``: memory allocated by tensors on a CUDA device, or on the CPU
+    the process's peak resident memory."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return peak_rss_gib()
+
+
 def rss_gib() -> float:
     """This process's resident memory now (VmRSS; NaN where there is no /proc)."""
     return _proc_status_gib("VmRSS:")

@@ -37,37 +37,23 @@ import machine  # noqa: E402  (benchmarks/machine.py)
 
 
 # ----------------------------------------------------------------------------- measurement helpers
-def _reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        machine.reset_peak_rss()
-
-
-def _peak_memory_gib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return machine.peak_rss_gib()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+# Under these names too: train_throughput.py imports them from speed.py, its own or a --baseline checkout's.
+_reset_peak_memory, _peak_memory_gib = machine.reset_peak_memory, machine.peak_memory_gib
 
 
 def time_runs(fn: Callable[[], object], runs: int, device: torch.device) -> Dict[str, float]:
     """One warm-up, then ``runs`` timed calls; returns median/min seconds and the peak memory."""
     fn()
-    _sync(device)
+    machine.synchronize(device)
     gc.collect()
-    _reset_peak_memory(device)
+    machine.reset_peak_memory(device)
     times = []
     for _ in range(runs):
         start = time.perf_counter()
         fn()
-        _sync(device)
+        machine.synchronize(device)
         times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times), "peak_gib": _peak_memory_gib(device)}
+    return {"median_s": statistics.median(times), "min_s": min(times), "peak_gib": machine.peak_memory_gib(device)}
 
 
 # The context the inference operations run under; FLOP counting swaps in no_grad because
