@@ -13,8 +13,9 @@ encode reads any image Pillow opens (each conversion it needs, e.g. alpha droppe
 line on stderr) and writes the bitstream; decode writes a PNG of the input's width and height, the
 same bytes test.py --real writes for that image. Both print a summary: size, bytes, bpp (all bytes of
 the file, header included), seconds. Decode with the checkpoint the file was encoded with (the file
-records its fingerprint). Both run on the CPU. A file decodes to the same symbols on any machine: the
-entropy parameters are computed portably (models/portable.py) wherever it was encoded. decode refuses
+records its fingerprint). Both run on the CPU, or with --cuda on a GPU (docs/cuda.md). A file decodes to
+the same symbols on any machine: the entropy parameters are computed portably (models/portable.py)
+wherever it was encoded, GPUs included. decode refuses
 images above --max-pixels (Pillow's default limit, ~89.5 MP) before doing any work. Exit codes: 0 done,
 1 user error (unreadable, damaged or hostile file, not an image, wrong checkpoint, ...).
 """
@@ -45,6 +46,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                      help="shipped model's rate point, 1 (smallest files) to the highest (default: the middle one)")
     add_tile_argument(enc)
     add_bf16_argument(enc)
+    add_cuda_argument(enc)
     add_refine_arguments(enc)
     enc.set_defaults(run=encode)
     dec = commands.add_parser("decode", help=".icwem bitstream file -> PNG")
@@ -55,8 +57,22 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     add_tile_argument(dec)
     add_max_pixels_argument(dec, DEFAULT_MAX_PIXELS)
     add_bf16_argument(dec)
+    add_cuda_argument(dec)
     dec.set_defaults(run=decode)
     return p.parse_args(argv)
+
+
+def add_cuda_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cuda", action="store_true",
+                        help="run the model on CUDA (the CPU, with a warning, if there is none); the files are the "
+                             "same portable files: the entropy parameters stay float64 (docs/cuda.md)")
+
+
+def coding_device(args: argparse.Namespace):
+    """--cuda as every script reads it (``select_device``)."""
+    from utils.device import select_device
+
+    return select_device(args.cuda, doing="coding")
 
 
 def add_bf16_argument(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +127,7 @@ def encode(args: argparse.Namespace) -> int:
     from models.refine import RefineOptions
     from utils.coding.codec import encode_image
 
-    model = load_checkpoint(encoder_checkpoint(args))
+    model = load_checkpoint(encoder_checkpoint(args), map_location=coding_device(args))
     apply_speed_options(model, args)
     refine = RefineOptions(args.refine, args.refine_lambda, args.refine_minutes, progress=True)
     bs, stats = encode_image(model, rgb, refine)  # an image too large to refine is refused before any work
@@ -143,7 +159,7 @@ def decode(args: argparse.Namespace) -> int:
     from utils.image_io import write_png
     from utils.metrics import bpp_from_bytes
 
-    model = load_checkpoint(decoder_checkpoint(args, bs.fingerprint))
+    model = load_checkpoint(decoder_checkpoint(args, bs.fingerprint), map_location=coding_device(args))
     apply_speed_options(model, args)
     try:
         rgb, stats = decode_bitstream(model, bs, args.max_pixels)

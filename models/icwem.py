@@ -16,13 +16,15 @@ from compressai.models import CompressionModel
 from compressai.ops import quantize_ste
 from torch import Tensor
 
+from utils.device import cpu_computes_natively, full_float32
+
 from .blocks import SWAtten, tcb_stage
 from .config import ModelConfig
 from .enhance import EnhModule
 from .inn import InvertibleNetwork
 from .portable import (
     LEGACY_HINT, PORTABLE_DTYPE, CoderCheck, ForeignStrings, _Native, check_z_strings, legacy_coders, parameter_nets,
-    release_parameter_nets, scale_indexes, update_tables, z_symbols,
+    parameter_device, release_parameter_nets, scale_indexes, update_tables, z_symbols,
 )
 from .rans_chunks import CHUNK_SYMBOLS, ChunkedDecoder, ChunkedEncoder
 from .rans_guard import guarded
@@ -53,12 +55,7 @@ def bf16_native(device: str = "cpu") -> bool:
     several times slower than float32, so ``ICWEM.bf16_transforms`` only pays where this is True."""
     if device.startswith("cuda"):
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+    return cpu_computes_natively("bf16")
 
 
 def _full_precision(t: Tensor) -> contextlib.AbstractContextManager:
@@ -113,15 +110,17 @@ class ICWEM(CompressionModel):
 
     downsampling_factor = 64
     # Inference (outside autograd) runs analysis and synthesis in full-width bands of this many image
-    # rows (models/tiling.py); None: bands of about tiling.BAND_PIXELS pixels; 0: always the whole
-    # image. Not part of the configuration: it changes no value beyond float rounding, no bitstream.
+    # rows (models/tiling.py); None: bands of about tiling.BAND_PIXELS pixels on a CPU, the whole image
+    # on a GPU (bands only if it would not fit); 0: always the whole image. Not part of the
+    # configuration: it changes no value beyond float rounding, no bitstream.
     tile: Optional[int] = None
     # Run the main transforms (enh, INN, g_a, g_s) in bfloat16 autocast outside autograd. Off by
     # default: it pays only where the CPU computes bf16 natively (:func:`bf16_native`), and it changes
     # x̂ and y by bf16 rounding (the entropy-parameter path stays float64, so files stay portable).
     bf16_transforms: bool = False
     # The entropy-parameter networks (h_*_s, SWAtten, mean / scale / LRP) stream over bands of this many
-    # latent rows; None: about tiling.LATENT_BAND_PIXELS latent pixels (0 whenever ``tile`` is 0).
+    # latent rows; None: about tiling.LATENT_BAND_PIXELS latent pixels on a CPU, the whole latent on a
+    # GPU (as ``tile``); 0 whenever ``tile`` is 0.
     latent_tile: Optional[int] = None
     # The rate-distortion λ (MSE) the weights were trained for, where the checkpoint records it
     # (``load_checkpoint`` sets it): encode-time refinement's trade-off (models/refine.py). None: unknown.
@@ -197,9 +196,10 @@ class ICWEM(CompressionModel):
         """How many decoded slices condition slice i."""
         return i if self.max_support_slices < 0 else min(i, self.max_support_slices)
 
-    def _band_rows(self, height: int, width: int) -> int:
-        """Image rows per band for this image size; 0: whole (autograd on, or it fits in one band)."""
-        rows = band_rows(self.tile, width)
+    def _band_rows(self, height: int, width: int, device: Optional[torch.device] = None) -> int:
+        """Image rows per band for this image size on ``device`` (default the CPU); 0: whole (autograd
+        on, or it fits in one band)."""
+        rows = band_rows(self.tile, width, device)
         return rows if 0 < rows < height and not torch.is_grad_enabled() else 0
 
     def analysis(self, x: Tensor) -> Tensor:
@@ -208,7 +208,7 @@ class ICWEM(CompressionModel):
         self._check_size(x)
         if torch.is_grad_enabled():  # training: the modules as they are
             return self.g_a(self.inv(self.enh.forw_enh(x)))
-        rows = self._band_rows(*x.shape[-2:])
+        rows = self._band_rows(*x.shape[-2:], x.device)
         with self._transform_precision(x):
             stages = analysis_stages(self)
             y = stream_rows(stages, x, rows) if rows else run_stages(stages, x)
@@ -221,7 +221,7 @@ class ICWEM(CompressionModel):
             x = self.enh.back_enh(self.inv.reverse(x.clamp(0, 1) if clamp else x))
             return x.clamp(0, 1) if clamp else x
         f = self.downsampling_factor // 4  # image pixels per pixel of y (16)
-        rows = self._band_rows(y_hat.shape[-2] * f, y_hat.shape[-1] * f)
+        rows = self._band_rows(y_hat.shape[-2] * f, y_hat.shape[-1] * f, y_hat.device)
         with self._transform_precision(y_hat):
             stages = synthesis_stages(self, clamp)
             x = stream_rows(stages, y_hat, rows, unit=f) if rows else run_stages(stages, y_hat)
@@ -239,15 +239,16 @@ class ICWEM(CompressionModel):
     def hyper_synthesis(self, z_hat: Tensor) -> Tuple[Tensor, Tensor]:
         return self.h_mean_s(z_hat), self.h_scale_s(z_hat)
 
-    def _latent_rows(self, height: int, width: int) -> int:
-        """Latent rows per band of the entropy-parameter networks; 0: whole (autograd, or one band)."""
-        rows = self.latent_tile if self.latent_tile is not None else latent_band_rows(self.tile, width)
+    def _latent_rows(self, height: int, width: int, device: Optional[torch.device] = None) -> int:
+        """Latent rows per band of the entropy-parameter networks on ``device`` (default the CPU); 0:
+        whole (autograd, or one band)."""
+        rows = self.latent_tile if self.latent_tile is not None else latent_band_rows(self.tile, width, device)
         return rows if 0 < rows < height and not torch.is_grad_enabled() else 0
 
     def _hyper(self, nets: nn.Module, z_hat: Tensor) -> Tuple[Tensor, Tensor]:
         """``nets.hyper_synthesis(ẑ)``, streamed over latent rows for a large latent (same values)."""
         f = 4  # latent rows per row of z
-        rows = self._latent_rows(z_hat.shape[-2] * f, z_hat.shape[-1] * f)
+        rows = self._latent_rows(z_hat.shape[-2] * f, z_hat.shape[-1] * f, z_hat.device)
         if not rows:
             return nets.hyper_synthesis(z_hat)
         return tuple(stream_rows(hyper_stages(h), z_hat, rows, unit=f) for h in (nets.h_mean_s, nets.h_scale_s))
@@ -293,7 +294,7 @@ class ICWEM(CompressionModel):
         """
         nets = self if nets is None else nets
         H, W = y_hw
-        rows = self._latent_rows(H, W)
+        rows = self._latent_rows(H, W, latent_means.device)
         y_hat_slices: List[Tensor] = []
         means: List[Tensor] = []
         scales: List[Tensor] = []
@@ -376,10 +377,14 @@ class ICWEM(CompressionModel):
         return out
 
     # ------------------------------------------------------------------ real entropy coding
-    # Real coding computes the entropy parameters portably (float64 on the CPU, models/portable.py), so
-    # a file decodes on any machine. False runs them like the forward pass (the original's float32
-    # coding, not portable): only for measuring what portability costs.
+    # Real coding computes the entropy parameters portably (float64, models/portable.py), so a file
+    # decodes on any machine. False runs them like the forward pass (the original's float32 coding, not
+    # portable): only for measuring what portability costs.
     portable_coding: bool = True
+    # Where the float64 parameters are computed: None picks for the model's device (the CPU, or its GPU
+    # where float64 is faster there: portable.parameter_device); "cpu" or "model" (the model's device)
+    # force it. Files do not depend on it.
+    parameter_device: Optional[str] = None
 
     def update(self, scale_table=None, force: bool = False, update_quantiles: bool = False) -> bool:
         """Build the entropy coder tables, from float64 pmfs on the pinned scale table (portable.py)."""
@@ -391,7 +396,9 @@ class ICWEM(CompressionModel):
         """The networks that decide the coder's inputs, and ẑ in the dtype and on the device they run."""
         if not self.portable_coding:
             return self, z_hat
-        return parameter_nets(self), z_hat.to("cpu", PORTABLE_DTYPE)
+        choice = {None: parameter_device(z_hat.device), "cpu": torch.device("cpu"), "model": z_hat.device}
+        device = choice[self.parameter_device]
+        return parameter_nets(self, device), z_hat.to(device, PORTABLE_DTYPE)
 
     def _coder_tables(self, gc: Optional[GaussianConditional] = None) -> Tuple[list, list, list]:
         gc = self.gaussian_conditional if gc is None else gc
@@ -399,6 +406,7 @@ class ICWEM(CompressionModel):
             raise RuntimeError("entropy coder tables are empty: call model.update() before compress/decompress")
         return gc.quantized_cdf.tolist(), gc.cdf_length.reshape(-1).int().tolist(), gc.offset.reshape(-1).int().tolist()
 
+    @full_float32()  # no TF32 on a GPU: its pictures then differ from a CPU's by float32 rounding only
     def compress(self, x: Tensor, return_y_hat: bool = False, chunk_symbols: Optional[int] = CHUNK_SYMBOLS) -> Dict:
         """Code each image of the batch into one y string (all slices) and one z string.
 
@@ -446,6 +454,7 @@ class ICWEM(CompressionModel):
             out["y_hat"] = y_hat.to(z_hat.device, z_hat.dtype)
         return out
 
+    @full_float32()
     def decompress(self, strings: Sequence[Sequence[bytes]], shape: Sequence[int], legacy: bool = False,
                    chunk_symbols: Optional[int] = CHUNK_SYMBOLS) -> Dict:
         """Inverse of :meth:`compress`: rebuilds the same entropy parameters and decodes ŷ, then x̂.
@@ -485,8 +494,10 @@ class ICWEM(CompressionModel):
 
         y_hat, _, _ = self._code_slices(latent_means, latent_scales, y_hw, decode_slice, nets, False, z_hat.dtype)
         del latent_means, latent_scales, nets  # two whole-latent float64 maps, not needed by the synthesis
-        if self._latent_rows(*y_hw):  # a large image: its synthesis needs the float64 copy's memory (340 MiB
-            release_parameter_nets(self)  # for the published model) more than the next coding, which rebuilds it
+        # A large image: its synthesis needs the float64 copy's memory (340 MiB for the published model)
+        # more than the next coding, which rebuilds it.
+        if self._latent_rows(*y_hw, z_in.device):
+            release_parameter_nets(self)
         y_hat = y_hat.to(z_hat.device)
         x_hat = self.synthesis(y_hat, clamp=True)
         if not torch.isfinite(x_hat.sum()):  # x̂ is clamped to [0, 1]: its sum is finite unless a value is NaN

@@ -6,13 +6,15 @@ bits depend on the machine: thread count, oneDNN on or off, AVX2 or AVX-512 kern
 that lands on the other side of a table boundary on the decoder's machine desynchronises the stream.
 So everything that decides the coder's inputs is computed here, the same way everywhere:
 
-* **Entropy parameters in float64 on the CPU.** ``parameter_nets(model)`` is a float64 CPU copy of the
+* **Entropy parameters in float64.** ``parameter_nets(model, device)`` is a float64 copy of the
   networks between ẑ and the coder (``h_mean_s``, ``h_scale_s``, the SWAtten blocks, the mean / scale /
-  LRP networks). ``compress`` and ``decompress`` run the channel-wise loop with it; the main transforms
-  keep their dtype and device. Measured across thread counts, oneDNN and SIMD kernels
+  LRP networks), on the CPU, or on the model's GPU where that computes float64 faster than the CPU
+  (``parameter_device``). ``compress`` and ``decompress`` run the channel-wise loop with it; the main
+  transforms keep their dtype and device. Measured across thread counts, oneDNN and SIMD kernels
   (``benchmarks/portability.py sigma``), float32 σ move by up to 2.6e-4 relative and float64 σ by up
   to 4.5e-13, so a flip needs σ within ~1e-13 of a boundary instead of ~1e-4 (README, "Portability",
-  has the numbers and the expected flip rate). The forward pass (training, estimates) is untouched.
+  has the numbers and the expected flip rate). A GPU's float64 differs from a CPU's by rounding, as two
+  CPUs' do: the files are the same portable files. The forward pass (training, estimates) is untouched.
 * **Pinned scale table.** CompressAI computes its 64 scales with float32 ``exp(linspace(...))`` on
   the machine at hand; we pin the values (``SCALE_TABLE``) so every machine compares σ with the same
   boundaries, and the comparison σ (float64) ≤ s (float32, exact in float64) is exact.
@@ -26,9 +28,11 @@ decode that still diverged would end in an error, never in a silently wrong pict
 from __future__ import annotations
 
 import copy
+import math
+import time
 import weakref
 import zlib
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import scipy.stats
@@ -36,6 +40,7 @@ import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from compressai.models.base import get_scale_table
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 # The networks between ẑ and the entropy coder: what decides the symbols' tables.
 PARAMETER_NETS = (
@@ -67,24 +72,28 @@ SCALE_TABLE: Tuple[float, ...] = tuple(
 
 # ---------------------------------------------------------------------------------------- networks
 class ParameterNets(nn.Module):
-    """A float64 CPU copy of a model's entropy-parameter networks, with the model's attribute names,
-    so ``ICWEM._code_slices`` runs on it unchanged.
+    """A float64 copy of a model's entropy-parameter networks on ``device``, with the model's attribute
+    names, so ``ICWEM._code_slices`` runs on it unchanged.
 
     One exception, by what decides the coder's inputs: the last slice's mean side (its SWAtten,
-    mean and LRP networks) runs on the model's own networks, in their dtype and on their device. Its
-    μ and LRP reach only ŷ of the last slice, which conditions no later slice and goes to g_s; the
-    decoder's symbols depend on σ alone (its indexes). So they move no index on any machine, and
+    mean and LRP networks) runs in the model's own dtype: the model's own networks where they are on
+    ``device``, else a copy of them there (a model on a GPU coding on the CPU: no trips between the
+    two). Its μ and LRP reach only ŷ of the last slice, which conditions no later slice and goes to g_s;
+    the decoder's symbols depend on σ alone (its indexes). So they move no index on any machine, and
     their float32 rounding reaches only the picture, like g_s's own. This saves about a seventh of
     the float64 work (``benchmarks/portability.py cost`` measures the path with and without it).
     """
 
-    def __init__(self, model: nn.Module, native_last_mean: bool = True) -> None:
+    def __init__(self, model: nn.Module, native_last_mean: bool = True, device: Union[str, torch.device] = "cpu") -> None:
         super().__init__()
+        device = torch.device(device)
         for name in PARAMETER_NETS:
-            setattr(self, name, copy.deepcopy(getattr(model, name)).to("cpu", PORTABLE_DTYPE))
+            setattr(self, name, copy.deepcopy(getattr(model, name)).to(device, PORTABLE_DTYPE))
         if native_last_mean:
             for name in LAST_MEAN_NETS:
-                getattr(self, name)[-1] = _Native(getattr(model, name)[-1])
+                own = getattr(model, name)[-1]
+                here = own if next(own.parameters()).device == device else copy.deepcopy(own).to(device)
+                getattr(self, name)[-1] = _Native(here)
         self.requires_grad_(False)
         self.eval()
 
@@ -93,8 +102,9 @@ class ParameterNets(nn.Module):
 
 
 class _Native(nn.Module):
-    """Runs one of the model's own networks (not a copy: its dtype, its device) on float64 CPU inputs
-    and hands back float64 CPU outputs. Held outside the module tree, so ``.to()`` leaves it alone."""
+    """Runs a network in its own dtype (the model's own network, or its copy on the device of the
+    float64 path) on float64 inputs and hands back float64 outputs. Held outside the module tree, so
+    ``.to()`` leaves it alone."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
@@ -110,13 +120,13 @@ class _Native(nn.Module):
 
     @staticmethod
     def outward(x: Tensor) -> Tensor:
-        return x.to("cpu", PORTABLE_DTYPE)
+        return x.to(PORTABLE_DTYPE)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.outward(self.net(self.inward(x)))
 
 
-_NETS: "weakref.WeakKeyDictionary[nn.Module, Tuple[tuple, ParameterNets]]" = weakref.WeakKeyDictionary()
+_NETS: "weakref.WeakKeyDictionary[nn.Module, Dict[torch.device, Tuple[tuple, ParameterNets]]]" = weakref.WeakKeyDictionary()
 
 
 def _weights_token(model: nn.Module) -> tuple:
@@ -124,21 +134,58 @@ def _weights_token(model: nn.Module) -> tuple:
     return tuple((p.data_ptr(), p._version, p.dtype) for name in PARAMETER_NETS for p in getattr(model, name).parameters())
 
 
-def parameter_nets(model: nn.Module) -> ParameterNets:
-    """The float64 CPU copy of ``model``'s entropy-parameter networks, rebuilt when its weights change."""
+def parameter_nets(model: nn.Module, device: Union[str, torch.device] = "cpu") -> ParameterNets:
+    """The float64 copy of ``model``'s entropy-parameter networks on ``device``, rebuilt when its weights change."""
+    device = torch.device(device)
     token = _weights_token(model)
-    cached = _NETS.get(model)
+    copies = _NETS.setdefault(model, {})
+    cached = copies.get(device)
     if cached is None or cached[0] != token:
         # Built outside inference mode: the copy must stay usable after an inference_mode block ends.
         with torch.inference_mode(False), torch.no_grad():
-            cached = (token, ParameterNets(model))
-        _NETS[model] = cached
+            cached = (token, ParameterNets(model, device=device))
+        copies[device] = cached
     return cached[1]
 
 
 def release_parameter_nets(model: nn.Module) -> None:
-    """Drop ``model``'s float64 copy (the next ``parameter_nets`` call builds it again)."""
+    """Drop ``model``'s float64 copies (the next ``parameter_nets`` call builds one again)."""
     _NETS.pop(model, None)
+
+
+# ---------------------------------------------------------------------------------------- where
+def parameter_device(device: Union[str, torch.device]) -> torch.device:
+    """Where coding runs the float64 parameter networks for a model on ``device``: the CPU, or the
+    model's GPU where float64 convolution is faster there than on this CPU with its threads (measured
+    once per GPU, ``_float64_faster``): datacenter GPUs compute float64 at half their float32 rate,
+    consumer ones at 1/32 to 1/64. The choice is one of speed only: the parameters are float64 either
+    way, and the file the same portable file."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return torch.device("cpu")
+    device = torch.device("cuda", torch.cuda.current_device() if device.index is None else device.index)
+    if device not in _FLOAT64_FASTER:
+        _FLOAT64_FASTER[device] = _float64_seconds(device) < _float64_seconds(torch.device("cpu"))
+    return device if _FLOAT64_FASTER[device] else torch.device("cpu")
+
+
+_FLOAT64_FASTER: Dict[torch.device, bool] = {}
+
+
+def _float64_seconds(device: torch.device, repeats: int = 4) -> float:
+    """Best time of a float64 3×3 convolution shaped like the slice networks' (192 → 192 channels on a
+    16×16 latent, 0.17 GFLOP: tens of milliseconds on a CPU thread), the first run included as warm-up."""
+    with torch.inference_mode(False), torch.no_grad():
+        x = torch.randn(1, 192, 16, 16, dtype=PORTABLE_DTYPE, device=device)
+        weight = torch.randn(192, 192, 3, 3, dtype=PORTABLE_DTYPE, device=device)
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            F.conv2d(x, weight, padding=1)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best = min(best, time.perf_counter() - start)
+    return best
 
 
 # ---------------------------------------------------------------------------------------- coder tables

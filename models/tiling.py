@@ -59,6 +59,11 @@ from .inn import AffineCoupling, InvertibleNetwork
 # the same for any width up to BAND_PIXELS / MIN_BAND_ROWS; chosen by benchmarks/large_images.py.
 BAND_PIXELS = 3 << 18
 MIN_BAND_ROWS = 64
+# On a GPU the default is the whole image, as long as its working memory fits in the GPU's free memory:
+# about this many bytes per image pixel for the published model (whole-image coding of 2048×1365 on the
+# CPU: 6.1 / 6.9 GiB peak, 1.5 GiB of it interpreter and weights, i.e. 1.7 / 2.0 KiB per pixel; with a
+# margin). Beyond that, bands of the rows that fit.
+GPU_BYTES_PER_PIXEL = 5 << 9
 
 # (lo, hi, H): exact rows [lo, hi) of a map of H rows -> the same after one step of a layer.
 Step = Callable[[int, int, int], Tuple[int, int, int]]
@@ -218,7 +223,7 @@ def enh_stages(block: EnhBlock, clamp: bool = False) -> List[Stage]:
     As one stage the block would compute its whole 11-row context again for every piece; as a stage
     per convolution each repeats only its own row on either side. The maps passed between the stages
     carry the block's input x in their first channels (for the residual), then the dense features,
-    and are channels-last: oneDNN then convolves them without first copying its input to another
+    and are channels-last on the CPU: oneDNN then convolves them without first copying its input to another
     layout (a copy as large as the input). The last stage returns a contiguous NCHW map.
     """
     db1, *middle, db2 = block.layers
@@ -235,7 +240,7 @@ def enh_stages(block: EnhBlock, clamp: bool = False) -> List[Stage]:
     grow_first = grow(db1.conv1, db1.act, 0)
 
     def first(t: Tensor) -> Tensor:
-        return grow_first(t.contiguous(memory_format=torch.channels_last))
+        return grow_first(onednn_layout(t))
 
     def middle_layers(t: Tensor) -> Tensor:
         h = t[:, c:]
@@ -258,15 +263,21 @@ def enh_stages(block: EnhBlock, clamp: bool = False) -> List[Stage]:
 
 
 def transform_stages(layers: nn.Sequential) -> List[Stage]:
-    """The layers of g_a or g_s, run on channels-last maps: oneDNN convolves those without first
+    """The layers of g_a or g_s, run on channels-last maps on the CPU: oneDNN convolves those without first
     copying each input to its own layout, and a TCB's Swin half is then a plain NHWC map (no copies
     around its LayerNorms and windows). Measured with ``benchmarks/side_by_side.py``. The last layer
     hands back a contiguous NCHW map, as the layers themselves do."""
     stages = [layer_stage(m) for m in layers]
     first, last = stages[0].fn, stages[-1].fn
-    stages[0].fn = lambda t: first(t.contiguous(memory_format=torch.channels_last))
+    stages[0].fn = lambda t: first(onednn_layout(t))
     stages[-1].fn = lambda t: last(t).contiguous()
     return stages
+
+
+def onednn_layout(t: Tensor) -> Tensor:
+    """Channels-last on the CPU, where oneDNN then convolves without copying its input (above); a GPU
+    keeps NCHW (``docs/cuda.md``: not measured against channels-last there)."""
+    return t.contiguous(memory_format=torch.channels_last) if t.device.type == "cpu" else t
 
 
 def analysis_stages(model: nn.Module) -> List[Stage]:
@@ -297,11 +308,19 @@ LATENT_BAND_PIXELS = 1 << 13  # latent pixels per band (rows = this / latent wid
 MIN_LATENT_BAND_ROWS = 16
 
 
-def latent_band_rows(tile: Optional[int], width: int) -> int:
-    """Latent rows per band of the entropy-parameter networks: 0 (whole) when ``tile`` is 0, else
-    about LATENT_BAND_PIXELS latent pixels (768×512's 32×48 latent runs whole)."""
+# The float64 path of a whole latent on a GPU, per latent pixel (the CPU measured 1.23 GiB for a
+# 64×256 latent of the published model, 77 KiB per pixel; with a margin).
+GPU_BYTES_PER_LATENT_PIXEL = 96 << 10
+
+
+def latent_band_rows(tile: Optional[int], width: int, device: Optional[torch.device] = None) -> int:
+    """Latent rows per band of the entropy-parameter networks: 0 (whole) when ``tile`` is 0; on a GPU,
+    the rows that fit in its free memory (``gpu_rows``); else about LATENT_BAND_PIXELS latent pixels
+    (768×512's 32×48 latent runs whole)."""
     if tile == 0:
         return 0
+    if device is not None and device.type == "cuda":
+        return gpu_rows(device, width, GPU_BYTES_PER_LATENT_PIXEL, MIN_LATENT_BAND_ROWS)
     return max(MIN_LATENT_BAND_ROWS, LATENT_BAND_PIXELS // width)
 
 
@@ -398,11 +417,23 @@ def _heap_trimmer() -> Callable[[], None]:
 _trim_heap = _heap_trimmer()
 
 
-def band_rows(tile: Optional[int], width: int) -> int:
-    """Image rows per band: ``tile`` if given (0 = whole image), else about BAND_PIXELS pixels."""
+def band_rows(tile: Optional[int], width: int, device: Optional[torch.device] = None) -> int:
+    """Image rows per band: ``tile`` if given (0 = whole image); on a GPU the rows whose working memory
+    fits in its free memory (``gpu_rows``: usually more than the image, i.e. the whole image at once);
+    else about BAND_PIXELS pixels (the CPU's default, where bands cost nothing and bound the heap)."""
     if tile is not None:
         return tile
+    if device is not None and device.type == "cuda":
+        return gpu_rows(device, width, GPU_BYTES_PER_PIXEL, MIN_BAND_ROWS)
     return max(MIN_BAND_ROWS, BAND_PIXELS // width)
+
+
+def gpu_rows(device: torch.device, width: int, bytes_per_pixel: int, minimum: int) -> int:
+    """The rows of ``width`` pixels whose working memory (``bytes_per_pixel``) fits in ``device``'s free
+    memory (what the driver reports plus what PyTorch's allocator holds but does not use)."""
+    free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return max(minimum, free // (bytes_per_pixel * width))
 
 
 class _StageStream:
@@ -513,6 +544,7 @@ def stream_rows(stages: Sequence[Stage], x: Union[Tensor, Sequence[Tensor]], row
     for top in range(0, height, feed):
         band = [t[..., top:top + feed, :] for t in parts]
         _pump(streams, [band[0] if len(band) == 1 else torch.cat(band, dim=1)], top + feed >= height, sink)
-        _trim_heap()
+        if parts[0].device.type == "cpu":  # (a GPU's memory is PyTorch's own caching allocator's)
+            _trim_heap()
     assert written and written == out.shape[-2], "the stream did not produce every row"
     return out

@@ -8,6 +8,8 @@ tested here in both 16-bit types; fp16 is emulated on most CPUs and slow, so tho
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -198,3 +200,29 @@ def test_persistent_workers_ship_uint8_crops_of_the_current_epoch(data):
         assert all(b.dtype == torch.uint8 for b in batches)
         expected = torch.stack([reference[i] for i in sampler.shard()])
         assert torch.equal(torch.cat([to_device(b, torch.device("cpu")) for b in batches]), expected)
+
+
+# ------------------------------------------------------------------------------------------ gpu_check
+def test_gpu_check_smoke_runs_every_section_on_the_cpu_and_writes_its_json(tmp_path):
+    """The script a lent GPU runs, every section on the CPU (tiny preset, small images, two gloo ranks),
+    so it is known to work before the device time starts."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = gpu_check  # (its dataclass looks its module up there)
+    spec.loader.exec_module(gpu_check)
+    assert gpu_check.main(["--smoke", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert set(results) == {"machine", "training", "coding", "across_devices", "ddp"}
+    assert not [name for name, r in results.items() if "error" in r or "skipped" in r]
+    training = results["training"]
+    for amp in ("none", "bf16", "fp16"):
+        assert training[amp]["images_per_s"] > 0 and training[amp]["weights_finite"], amp
+    assert training["host_reads_per_step"]  # counted (compressai's entropy bottleneck reads its permutation)
+    assert all(r["encode_s"] > 0 for key, r in results["coding"].items() if isinstance(r, dict) and "encode_s" in r)
+    files = {k: r for k, r in results["across_devices"].items() if k.startswith("encoded on")}
+    assert len(files) == 3 and all(r["decoded_on_cpu"].startswith("ok") and r["decoded_on_gpu"].startswith("ok")
+                                   for r in files.values())
+    assert results["ddp"]["parameters_in_sync"]
+    assert "| fp16 |" in (tmp_path / "gpu_check.md").read_text()

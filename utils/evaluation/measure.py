@@ -39,6 +39,7 @@ from models.zoo import resolve_checkpoint
 
 from ..coding.bitstream import DEFAULT_MAX_PIXELS, OVERHEAD_BYTES, pack, read_file, unpack, write_file
 from ..coding.codec import decode_bitstream, encode_image
+from ..device import full_float32
 from ..errors import UserError
 from ..image_io import find_images, read_image, to_tensor, to_uint8, write_png
 from ..metrics import bpp_from_bytes, ms_ssim, ms_ssim_db, psnr
@@ -67,11 +68,12 @@ _COLUMNS = (
 
 
 def estimate(model: nn.Module, rgb_uint8: np.ndarray) -> tuple[float, np.ndarray, float]:
-    """Forward pass on one image: (estimated bpp of the original size, 8-bit reconstruction, seconds)."""
+    """Forward pass on one image: (estimated bpp of the original size, 8-bit reconstruction, seconds).
+    On a GPU without TF32, like coding (``docs/cuda.md``)."""
     height, width = rgb_uint8.shape[:2]
     device = next(model.parameters()).device
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), full_float32():
         x, padding = pad_image(to_tensor(rgb_uint8).to(device))
         out = model(x)
         bits = float(sum(-torch.log2(likelihoods).sum() for likelihoods in out["likelihoods"].values()))

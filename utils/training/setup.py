@@ -47,7 +47,7 @@ def training_device(cfg: TrainConfig, ctx: DistributedContext) -> torch.device:
     the --amp checks.
 
     Training lets CUDA's float32 matmuls and convolutions use TF32 (``docs/cuda.md``: coding and
-    evaluation do not). --amp runs on the CPU too (so the tests cover both types), with a warning
+    evaluation do not), and cuDNN pick its convolution algorithms by timing them. --amp runs on the CPU too (so the tests cover both types), with a warning
     where the CPU only emulates the type: it is then slower than float32, not faster.
     """
     device = select_device(cfg.cuda, cfg.device, doing="training", warn=ctx.master)
@@ -55,6 +55,7 @@ def training_device(cfg: TrainConfig, ctx: DistributedContext) -> torch.device:
         # One GPU per process: torchrun's LOCAL_RANK picks it.
         device = torch.device("cuda", ctx.local_rank if ctx.ddp else (device.index or 0))
         set_tf32(True)
+        torch.backends.cudnn.benchmark = True  # crops have one size: cuDNN times its algorithms once, keeps the fastest
     if cfg.amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("--amp bf16: this GPU does not support bfloat16; use --amp fp16")
     if cfg.amp != "none" and device.type == "cpu" and not cpu_computes_natively(cfg.amp) and ctx.master:
