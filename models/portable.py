@@ -12,7 +12,7 @@ So everything that decides the coder's inputs is computed here, the same way eve
   (``parameter_device``). ``compress`` and ``decompress`` run the channel-wise loop with it; the main
   transforms keep their dtype and device. Measured across thread counts, oneDNN and SIMD kernels
   (``benchmarks/portability.py sigma``), float32 σ move by up to 2.6e-4 relative and float64 σ by up
-  to 4.5e-13, so a flip needs σ within ~1e-13 of a boundary instead of ~1e-4 (README, "Portability",
+  to 4.5e-13, so a flip needs σ within ~1e-13 of a boundary instead of ~1e-4 (docs/portability.md
   has the numbers and the expected flip rate). A GPU's float64 differs from a CPU's by rounding, as two
   CPUs' do: the files are the same portable files. The forward pass (training, estimates) is untouched.
 * **Pinned scale table.** CompressAI computes its 64 scales with float32 ``exp(linspace(...))`` on

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Trains the shipped models (models/weights/) with train.py, exactly as the README's model card says:
+# Trains the shipped models (models/weights/) with train.py, exactly as the model card (docs/shipped-models.md) says:
 # one main run at a middle rate (λ 0.013), then each other rate point fine-tuned for one epoch from the
 # main run's best checkpoint. Then: python tools/ship_weights.py <the five checkpoints, lowest rate first>.
 # Usage: bash tools/train_shipped.sh RUNS_DIR       (SKIP_MAIN=1: only the fine-tunes)

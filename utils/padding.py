@@ -1,9 +1,9 @@
 """Pad an arbitrary image to the model's size multiple (64) and crop the result back.
 
-The mode and placement were chosen by measurement (``tools/padding_study.py``, results in the
-README): zeros at the bottom/right cost the fewest real bytes of the five variants measured (0.6 %
-fewer than the original's centred zeros; all variants were within 1 %), and keep the image at the
-origin, so cropping back is a plain slice.
+The mode and placement were chosen by measurement (``tools/padding_study.py``, results in
+benchmarks/RESULTS.md): zeros at the bottom/right cost the fewest real bytes of the five variants
+measured (0.6 % fewer than the original's centred zeros; all variants were within 1 %), and keep the
+image at the origin, so cropping back is a plain slice.
 """
 
 from __future__ import annotations
