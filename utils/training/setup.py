@@ -37,8 +37,9 @@ from .state import TrainState
 COSINE_FINAL_FACTOR = 0.01
 # --amp fp16's first loss scale. GradScaler's 2^16 suits losses of order 1; ours weighs the MSE by
 # λ·255², and at initialisation the fp16 gradients of the INN's and g_s's biases (sums over all pixels)
-# reach thousands: 2^16 down to 2^4 overflow (measured on the tiny preset), i.e. 13 skipped steps before
-# the first update. The scaler still halves on overflow and doubles after 2000 clean steps.
+# reach thousands: 2^16 down to 2^5 overflow, 2^4 just fits (tiny preset, one 64×64 crop), i.e. 12
+# skipped steps before the first update; 2^3 leaves a factor 2. The scaler still halves on overflow and
+# doubles after 2000 clean steps.
 FP16_INIT_SCALE = 2.0**3
 
 
