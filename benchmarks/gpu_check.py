@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import platform
 import socket
@@ -47,10 +46,9 @@ import subprocess
 import sys
 import time
 import traceback
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -105,26 +103,6 @@ def settings(args: argparse.Namespace) -> Check:
 
 
 # ----------------------------------------------------------------------------------------- helpers
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        machine.reset_peak_rss()
-
-
-def peak_gib(device: torch.device) -> float:
-    """Peak GPU memory allocated by tensors since ``reset_peak`` (on the CPU: the process's peak RSS)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return machine.peak_rss_gib()
-
-
 def photo(width: int, height: int) -> np.ndarray:
     """scikit-image's coffee photo, bicubic to ``width`` × ``height`` (H×W×3 uint8)."""
     import skimage.data
@@ -244,20 +222,20 @@ def train_speed(check: Check, amp: str) -> Dict[str, object]:
     from utils.training import train_step
 
     state, x, criterion, autocast = training_setup(check, amp)
-    reset_peak(check.device)
+    machine.reset_peak_memory(check.device)
     times, skipped, losses = [], 0, []
     for i in range(check.warmup + check.steps):
-        sync(check.device)
+        machine.synchronize(check.device)
         start = time.perf_counter()
         result = train_step(state.model, x, criterion, state, autocast=autocast)
-        sync(check.device)
+        machine.synchronize(check.device)
         if i >= check.warmup:
             times.append(time.perf_counter() - start)
         skipped += result.skipped
         losses.append(float(result.terms["loss"].detach()))
     step_s = statistics.median(times)
     finite = all(torch.isfinite(p).all() for p in state.model.parameters())
-    return {"images_per_s": check.batch / step_s, "step_s": step_s, "peak_gib": peak_gib(check.device),
+    return {"images_per_s": check.batch / step_s, "step_s": step_s, "peak_gib": machine.peak_memory_gib(check.device),
             "skipped_steps": skipped, "losses": losses, "weights_finite": bool(finite),
             "scale": state.scaler.get_scale() if state.scaler.is_enabled() else None}
 
@@ -286,7 +264,7 @@ def coding_section(check: Check) -> Dict[str, object]:
                               "parameter_device": str(parameter_device(check.device))}
     for width, height in check.sizes:
         rgb = photo(width, height)
-        reset_peak(check.device)
+        machine.reset_peak_memory(check.device)
         first = time.perf_counter()
         bs, _ = encode_image(model, rgb)
         first_s = time.perf_counter() - first
@@ -298,7 +276,8 @@ def coding_section(check: Check) -> Dict[str, object]:
             decode_s.append(decoded["decode_s"])
         out[f"{width}x{height}"] = {
             "encode_s": statistics.median(encode_s), "decode_s": statistics.median(decode_s), "first_encode_s": first_s,
-            "bytes": stats["bytes"], "psnr": psnr(to_tensor(rgb), to_tensor(picture)), "peak_gib": peak_gib(check.device),
+            "bytes": stats["bytes"], "psnr": psnr(to_tensor(rgb), to_tensor(picture)),
+            "peak_gib": machine.peak_memory_gib(check.device),
         }
     width, height = check.sizes[0]
     rgb = photo(width, height)
@@ -381,10 +360,10 @@ def original_worker(args: argparse.Namespace) -> int:
     quantiles = [p for n, p in model.named_parameters() if n.endswith(".quantiles")]
     weights = [p for n, p in model.named_parameters() if not n.endswith(".quantiles")]
     main, aux = torch.optim.Adam(weights, lr=1e-4), torch.optim.Adam(quantiles, lr=1e-3)
-    reset_peak(device)
+    machine.reset_peak_memory(device)
     times = []
     for i in range(args.warmup + args.steps):
-        sync(device)
+        machine.synchronize(device)
         start = time.perf_counter()
         main.zero_grad(set_to_none=True)
         aux.zero_grad(set_to_none=True)
@@ -396,11 +375,11 @@ def original_worker(args: argparse.Namespace) -> int:
         main.step()
         model.aux_loss().backward()
         aux.step()
-        sync(device)
+        machine.synchronize(device)
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
-    print(json.dumps({"images_per_s": args.batch / step_s, "step_s": step_s, "peak_gib": peak_gib(device),
+    print(json.dumps({"images_per_s": args.batch / step_s, "step_s": step_s, "peak_gib": machine.peak_memory_gib(device),
                       "precision": "fp32 (the original has no mixed precision)", "loss": loss.item()}))
     return 0
 
@@ -453,10 +432,10 @@ def ddp_worker(args: argparse.Namespace) -> int:
     criterion = RateDistortionLoss(cfg.lmbda)
     wrapped = distribute(model, criterion, cfg, ctx, device)
     x = torch.rand(args.batch, 3, args.patch, args.patch, generator=torch.Generator().manual_seed(10 + ctx.rank)).to(device)
-    sync(device)
+    machine.synchronize(device)
     start = time.perf_counter()
     result = train_step(wrapped, x, criterion, state, agree=lambda flags: all_reduce_max(flags, ctx, device))
-    sync(device)
+    machine.synchronize(device)
     step_s = time.perf_counter() - start
     drifted = [name for name, same in parameters_in_sync(state.model, ctx, device).items() if not same]
     destroy_process_group(ctx)

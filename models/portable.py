@@ -84,7 +84,8 @@ class ParameterNets(nn.Module):
     the float64 work (``benchmarks/portability.py cost`` measures the path with and without it).
     """
 
-    def __init__(self, model: nn.Module, native_last_mean: bool = True, device: Union[str, torch.device] = "cpu") -> None:
+    def __init__(self, model: nn.Module, native_last_mean: bool = True,
+                 device: Union[str, torch.device] = "cpu") -> None:
         super().__init__()
         device = torch.device(device)
         for name in PARAMETER_NETS:
@@ -126,7 +127,9 @@ class _Native(nn.Module):
         return self.outward(self.net(self.inward(x)))
 
 
-_NETS: "weakref.WeakKeyDictionary[nn.Module, Dict[torch.device, Tuple[tuple, ParameterNets]]]" = weakref.WeakKeyDictionary()
+# Per model, its float64 copies by device, each with the weights token it was built from.
+_NETS: "weakref.WeakKeyDictionary[nn.Module, Dict[torch.device, Tuple[tuple, ParameterNets]]]" = (
+    weakref.WeakKeyDictionary())
 
 
 def _weights_token(model: nn.Module) -> tuple:

@@ -172,7 +172,8 @@ def test_amp_trains_on_the_cpu_with_finite_weights_that_move_every_epoch(one_pho
     result = run(epochs=2)
     assert result.skipped_steps == 0 and [h["epoch"] for h in result.history] == [0, 1]
     folder = tmp_path / "0.05"
-    after = [torch.load(folder / name, weights_only=True)["state_dict"] for name in ("0_checkpoint.pth.tar", "checkpoint_latest.pth.tar")]
+    after = [torch.load(folder / name, weights_only=True)["state_dict"]
+             for name in ("0_checkpoint.pth.tar", "checkpoint_latest.pth.tar")]  # after epochs 0 and 1
     for earlier, later in zip([start, *after], after):
         assert all(torch.isfinite(t).all() for t in later.values())
         assert not torch.equal(earlier["g_a.0.conv1.weight"], later["g_a.0.conv1.weight"])
@@ -208,7 +209,8 @@ def test_gpu_check_smoke_runs_every_section_on_the_cpu_and_writes_its_json(tmp_p
     so it is known to work before the device time starts."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("gpu_check", Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", script)
     gpu_check = importlib.util.module_from_spec(spec)
     sys.modules["gpu_check"] = gpu_check  # (its dataclass looks its module up there)
     spec.loader.exec_module(gpu_check)

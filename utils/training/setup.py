@@ -48,8 +48,9 @@ def training_device(cfg: TrainConfig, ctx: DistributedContext) -> torch.device:
     the --amp checks.
 
     Training lets CUDA's float32 matmuls and convolutions use TF32 (``docs/cuda.md``: coding and
-    evaluation do not), and cuDNN pick its convolution algorithms by timing them. --amp runs on the CPU too (so the tests cover both types), with a warning
-    where the CPU only emulates the type: it is then slower than float32, not faster.
+    evaluation do not), and cuDNN pick its convolution algorithms by timing them. --amp runs on the CPU
+    too (so the tests cover both types), with a warning where the CPU only emulates the type: it is then
+    slower than float32, not faster.
     """
     device = select_device(cfg.cuda, cfg.device, doing="training", warn=ctx.master)
     if device.type == "cuda":
