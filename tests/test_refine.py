@@ -96,11 +96,20 @@ def test_refinement_never_raises_the_objective_it_optimises(tiny_model, latents,
     assert float(value) == pytest.approx(refined.objective, rel=1e-5)
 
 
+def test_sga_refinement_never_raises_its_objective_either(tiny_model, latents):
+    x, y, z = latents
+    result = refine_latents(tiny_model, x, y, z, LMBDA, iterations=4, seed=0, check_every=2, surrogate="sga")
+    assert result.objective <= result.initial and result.iterations == 4
+    with torch.no_grad():
+        value = objective(tiny_model, x, result.y, result.z, LMBDA, tuple(x.shape[-2:]))[0]
+    assert float(value) == pytest.approx(result.objective, rel=1e-5)
+
+
 def test_refinement_lowers_the_objective_of_the_fixture_model(refined):
     assert refined.objective < refined.initial and refined.best_iteration > 0
 
 
-def test_a_fixed_seed_repeats_the_refinement(tiny_model, latents, refined):
+def test_a_refinement_repeats_exactly(tiny_model, latents, refined):
     x, y, z = latents
     again = refine_latents(tiny_model, x, y, z, LMBDA, iterations=4, seed=0, check_every=2)
     assert torch.equal(again.y, refined.y) and torch.equal(again.z, refined.z)
