@@ -1,6 +1,6 @@
 """Encode one image to an .icwem file, or decode an .icwem file to a PNG, with an ICWEM checkpoint.
 
-    python codec.py encode IMAGE -o FILE.icwem [--quality 1..5 | --checkpoint CK] [--refine N]
+    python codec.py encode IMAGE -o FILE.icwem [--quality 1..4 | --checkpoint CK] [--refine N]
     python codec.py decode FILE.icwem -o OUT.png [--checkpoint CK]
 
 Without --checkpoint, encode uses the shipped model of --quality (default: the middle rate point) and

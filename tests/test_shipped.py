@@ -142,3 +142,29 @@ def test_codec_errors_are_one_line(image, tmp_path, tiny_checkpoint):
     orphan = run("codec.py", "decode", str(foreign), "-o", str(tmp_path / "out.png"))
     assert orphan.returncode == 1 and "not shipped" in orphan.stderr and "--checkpoint" in orphan.stderr
     assert len(orphan.stderr.strip().splitlines()) == 1 and not (tmp_path / "out.png").exists()
+
+
+@pytest.mark.parametrize("entry", shipped_models(), ids=lambda e: e["name"])
+def test_each_model_codes_the_held_out_crop_as_its_card_says(entry):
+    """The manifest's pinned measurement (tools/ship_weights.py writes it when it ships): the held-out crop
+    coded into a real file gives the recorded bpp within 1 % and PSNR within 0.05 dB."""
+    import tools.ship_weights as ship
+    from utils.evaluation.measure import measure_image
+
+    card = entry["check"]
+    assert (card["photo"], tuple(card["crop"])) == (ship.CHECK_PHOTO, ship.CHECK_CROP)
+    fields, _ = measure_image(load_checkpoint(shipped_path(entry)), ship.check_crop(), real=True)
+    assert fields["bpp"] == pytest.approx(card["bpp"], rel=0.01)
+    assert fields["psnr"] == pytest.approx(card["psnr"], abs=0.05)
+
+
+def test_the_default_model_does_not_care_which_channel_is_which():
+    """The held-out crop in all six channel orders, coded by the default model: PSNRs within 1.5 dB."""
+    import tools.ship_weights as ship
+    from utils.evaluation.colour import ORDER_NAMES, reorder
+    from utils.evaluation.measure import measure_image
+
+    model = load_checkpoint(shipped_path(next(e for e in shipped_models() if e["quality"] == default_quality())))
+    psnrs = {o: measure_image(model, reorder(ship.check_crop(), ["RGB".index(c) for c in o]), real=True)[0]["psnr"]
+             for o in ORDER_NAMES}
+    assert max(psnrs.values()) - min(psnrs.values()) < 1.5, psnrs

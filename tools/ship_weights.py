@@ -25,13 +25,32 @@ from typing import Collection
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from models import load_checkpoint, read_checkpoint, split_checkpoint  # noqa: E402
 from models.checkpoint import model_from_state_dict  # noqa: E402
 from models.zoo import MANIFEST, WEIGHTS_DIR, shipped_models, shipped_path  # noqa: E402
+from tools.demo_steps import load_photo  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.errors import UserError  # noqa: E402
+from utils.evaluation.measure import measure_image  # noqa: E402
+
+# The model card's pinned measurement: a held-out crop (never trained on) coded into a real bitstream. The
+# suite codes it again and compares (tests/test_shipped.py): a change that moves the shipped models' bytes
+# or pictures shows there.
+CHECK_PHOTO, CHECK_CROP = "chelsea", (22, 97, 256, 256)  # top, left, height, width: the centre 256x256
+
+
+def check_crop() -> np.ndarray:
+    top, left, height, width = CHECK_CROP
+    return load_photo(CHECK_PHOTO)[top:top + height, left:left + width]
+
+
+def measure_check(model) -> dict:
+    """The pinned measurement of one model: bpp of the real file and PSNR of its decoding."""
+    fields, _ = measure_image(model, check_crop(), real=True)
+    return {"photo": CHECK_PHOTO, "crop": list(CHECK_CROP), "bpp": fields["bpp"], "psnr": fields["psnr"]}
 
 
 def half_state_dict(state_dict: dict, keep: Collection[str] = ()) -> dict:
@@ -55,7 +74,8 @@ def main(argv=None) -> int:
         if path in shipped:
             if path != name:
                 out.write_bytes(moving[path])
-            entries.append({**shipped[path], "name": name, "quality": quality, "file": out.name})
+            entries.append({**shipped[path], "name": name, "quality": quality, "file": out.name,
+                            "check": measure_check(load_checkpoint(out))})
             print(f"{out}: {'kept' if path == name else 'moved from ' + path} (fingerprint {shipped[path]['fingerprint']})")
             continue
         ckpt = read_checkpoint(path)
@@ -71,7 +91,8 @@ def main(argv=None) -> int:
         model = load_checkpoint(out)  # the shipped model is the rounded one
         entries.append({"name": name, "quality": quality, "lambda": lmbda, "file": out.name,
                         "fingerprint": model.fingerprint().hex(),
-                        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(), "bytes": out.stat().st_size})
+                        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(), "bytes": out.stat().st_size,
+                        "check": measure_check(model)})
         print(f"{out}: quality {quality}, lambda {lmbda:g}, {out.stat().st_size / 1e6:.2f} MB, "
               f"fingerprint {entries[-1]['fingerprint']}")
     MANIFEST.write_text(json.dumps({"models": entries}, indent=2) + "\n")

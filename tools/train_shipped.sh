@@ -6,7 +6,8 @@
 # Rounds 2-5 (ROUND2=1 … ROUND5=1, each with SKIP_MAIN=1 after the first) build on each other.
 # Round 2 (ROUND2=1 runs it instead of round 1's fine-tunes) continues round 1's main run with its optimizer and
 # schedule to epoch 30, then each other rate point from that run's end (optimizer state kept) at its own λ.
-# The shipped files come from rounds 3 (q4), 4 (q2, q3) and 5 (q1, q5); each block ends with its ship command.
+# Round 6 (ROUND6=1 SKIP_MAIN=1, from the shipped files of round 5) is the first on the wider data of
+# tools/training_data.py with --colour-augment; every shipped file comes from it (its block ends with the ship command).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:?usage: train_shipped.sh RUNS_DIR}
@@ -80,4 +81,32 @@ if [ -n "${ROUND5:-}" ]; then
     # then: python tools/ship_weights.py $RUNS/round5/finetune/0.0003/checkpoint_latest.pth.tar \
     #   $RUNS/round4/finetune/0.0008/checkpoint_latest.pth.tar $RUNS/round4/finetune/0.004/checkpoint_latest.pth.tar \
     #   $RUNS/round3/finetune/0.045/checkpoint_latest.pth.tar $RUNS/round5/finetune/0.15/checkpoint_latest.pth.tar
+fi
+
+if [ -n "${ROUND6:-}" ]; then
+    # Round 6: the data grows from 7 scikit-image photos to 64 pictures (scikit-image + three Debian wallpaper
+    # packages; plasma-Path and plasma-EveningGlow held out with chelsea and coffee), and every crop is put in a
+    # random channel order (--colour-augment). Each rate point is fine-tuned from its shipped round-5 file at
+    # its own λ: lr 3e-4 on a cosine to 3e-6, batch 8 of 64x64, 32 steps per epoch (--repeat 4), one thread
+    # each, all five side by side. λ 0.004 first ran 10 epochs alone (314 steps: the crop-size comparison in
+    # benchmarks/RESULTS.md) and was continued from there. Below, each schedule runs at its final length. The
+    # session's runs started longer (--epochs 30 for q1 and q3, 12 for q2/q4/q5) and were stopped with Ctrl-C
+    # and continued with --continue_train at these lengths (after 7, 4 and 2 epochs), so that each cosine
+    # ended within the session: their first epochs had a slightly higher learning rate than these commands.
+    python tools/training_data.py --out "$RUNS/data"
+    R6=(-d "$RUNS/data" --model-config small --batch-size 8 --test-batch-size 8 --patch-size 64 64 --augment
+        --colour-augment --repeat 4 --lr-schedule cosine --decoder-clamp -n 1 --save-every-steps 50 -lr 3e-4)
+    python -u train.py "${R6[@]}" --lambda 0.004 --epochs 10 --checkpoint models/weights/icwem-small-q3.pt \
+        --no-continue_train --save_path "$RUNS/round6/p64"
+    python -u train.py "${R6[@]}" --lambda 0.004 --epochs 10 --no-continue_train \
+        --checkpoint "$RUNS/round6/p64/0.004/checkpoint_latest.pth.tar" --save_path "$RUNS/round6/prod"
+    python -u train.py "${R6[@]}" --lambda 0.0003 --epochs 12 --checkpoint models/weights/icwem-small-q1.pt \
+        --no-continue_train --save_path "$RUNS/round6/prod"
+    for QL in "q2 0.0008" "q4 0.045" "q5 0.15"; do
+        set -- $QL
+        python -u train.py "${R6[@]}" --lambda "$2" --epochs 8 --checkpoint "models/weights/icwem-small-$1.pt" \
+            --no-continue_train --save_path "$RUNS/round6/prod"
+    done
+    # then: python tools/ship_weights.py $RUNS/round6/prod/0.0003/checkpoint_latest.pth.tar \
+    #   $RUNS/round6/prod/0.0008/… $RUNS/round6/prod/0.004/… $RUNS/round6/prod/0.045/… $RUNS/round6/prod/0.15/…
 fi
