@@ -14,7 +14,7 @@ line on stderr) and writes the bitstream; decode writes a PNG of the input's wid
 same bytes test.py --real writes for that image. Both print a summary: size, bytes, bpp (all bytes of
 the file, header included), seconds. Decode with the checkpoint the file was encoded with (the file
 records its fingerprint). Both run on the CPU, or with --cuda on a GPU (docs/cuda.md). A file decodes to
-the same symbols on any machine: the entropy parameters are computed portably (models/portable.py)
+the same symbols on any machine: the entropy parameters are computed portably (models/entropy/)
 wherever it was encoded, GPUs included. decode refuses
 images above --max-pixels (Pillow's default limit, ~89.5 MP) before doing any work. Exit codes: 0 done,
 1 user error (unreadable, damaged or hostile file, not an image, wrong checkpoint, ...).

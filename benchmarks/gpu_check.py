@@ -10,7 +10,7 @@ had); a section that fails records its error and the next one runs. ``DIR/gpu_ch
 for ``benchmarks/RESULTS.md``.
 
 1. ``machine``: GPU, CUDA, torch, CPU, matmul rates (TF32 off and on, bf16, float64), and where coding
-   computes the float64 entropy parameters (``models.portable.parameter_device``) with the timings
+   computes the float64 entropy parameters (``models.entropy.parameter_device``) with the timings
    that decided it.
 2. ``training``: the published configuration, batch 8 of 256², ``train_step`` (what train.py runs, set up
    by its own ``training_device``: TF32 and cuDNN autotuning) in fp32, bf16 and fp16: images/s (median
@@ -153,7 +153,7 @@ def section(check: Check, name: str, run: Callable[[Check], object], needs_s: fl
 
 # ----------------------------------------------------------------------------------------- 1. machine
 def machine_section(check: Check) -> Dict[str, object]:
-    from models.portable import _FLOAT64_FASTER, _float64_seconds, parameter_device
+    from models.entropy.parameters import _FLOAT64_FASTER, _float64_seconds, parameter_device
     from utils.device import full_float32, set_tf32
 
     import compressai.ans  # noqa: F401  (the coder's extension: fails here, not in the middle of coding)
@@ -253,7 +253,7 @@ def host_reads_per_step(check: Check) -> Dict[str, int]:
 
 # ----------------------------------------------------------------------------------------- 3. coding
 def coding_section(check: Check) -> Dict[str, object]:
-    from models.portable import parameter_device
+    from models.entropy import parameter_device
     from utils.coding.bitstream import pack, unpack
     from utils.coding.codec import decode_bitstream, encode_image
     from utils.metrics import psnr

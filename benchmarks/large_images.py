@@ -190,7 +190,7 @@ def entropy_path(model, width: int, height: int, latent_tile: Optional[int]) -> 
     import torch
 
     import machine  # benchmarks/machine.py, beside this script
-    from models.portable import parameter_nets, scale_indexes
+    from models.entropy import parameter_nets, scale_indexes
 
     model.latent_tile = latent_tile
     y_h, y_w = -(-height // 64) * 4, -(-width // 64) * 4
@@ -208,7 +208,7 @@ def entropy_path(model, width: int, height: int, latent_tile: Optional[int]) -> 
     with torch.inference_mode():
         nets, z_in = model._parameter_path(z_hat)
         model._code_slices(*model._hyper(nets, z_in), (y_h, y_w), round_slice, nets, keep_parameters=False)
-        rows = model._latent_rows(y_h, y_w)
+        rows = model._latent_rows(y_h, y_w, z_in.device)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = machine.peak_rss_gib()
     return {"latent": f"{y_w}x{y_h}", "rows": rows, "seconds": seconds, "cpu_seconds": cpu, "before_gib": before,

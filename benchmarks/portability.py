@@ -17,6 +17,7 @@ Every number printed is measured in that run; nothing is downloaded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -162,13 +163,11 @@ def _decode_files(job: dict) -> List[dict]:
 def _sigma_job(job: dict) -> dict:
     """σ and μ of the encoder's fixed symbols (teacher-forced), through float32 and through float64."""
     from models import load_checkpoint
-    from models.portable import ParameterNets
 
     out = {}
     for m, checkpoint in enumerate(job["models"]):
         model = load_checkpoint(checkpoint)
-        # Every network in float64 here, the last slice's mean side too: this compares precisions.
-        everything64 = ParameterNets(model, native_last_mean=False)
+        everything64 = _all_float64(model)  # the last slice's mean side too: this compares precisions
         for p in range(len(job["photos"])):
             fixed = torch.load(Path(job["dir"]) / f"fixed-m{m}-p{p}.pt", weights_only=True)
             for dtype, nets in (("float32", model), ("float64", everything64)):
@@ -248,7 +247,7 @@ def _fix_inputs(models: Sequence[str], photos: Sequence, workdir: Path) -> None:
 
 
 def sigma(args: argparse.Namespace) -> int:
-    from models.portable import SCALE_TABLE
+    from models.entropy import SCALE_TABLE
 
     boundaries = np.array(SCALE_TABLE[:-1], dtype=np.float64)
     with tempfile.TemporaryDirectory(prefix="icwem-sigma-") as tmp:
@@ -307,7 +306,7 @@ def sigma(args: argparse.Namespace) -> int:
 def _encoder_view(model, x: torch.Tensor, portable: bool):
     """The symbols, scale indexes and decoded x̂ of ``compress``: portable, or as the original coded
     (float32 parameters, CompressAI's own float32 tables and scale table)."""
-    from models.portable import legacy_coders, scale_indexes
+    from models.entropy import legacy_coders, scale_indexes
 
     eb = model.entropy_bottleneck
     y = model.analysis(x)
@@ -374,24 +373,48 @@ def _parameter_path_seconds(model, nets, z_hat: torch.Tensor, y: torch.Tensor) -
     return time.perf_counter() - start
 
 
+def _all_float64(model):
+    """The float64 parameter networks with the last slice's mean side in float64 too (the library keeps
+    that side in the model's precision: it decides no index)."""
+    import copy
+
+    from models.entropy.parameters import LAST_MEAN_NETS, PORTABLE_DTYPE, ParameterNets
+
+    nets = ParameterNets(model)
+    for name in LAST_MEAN_NETS:
+        getattr(nets, name)[-1] = copy.deepcopy(getattr(model, name)[-1]).to(PORTABLE_DTYPE)
+    return nets
+
+
+@contextlib.contextmanager
+def _float32_coding(model, on: bool):
+    """With ``on``, ``model`` codes as the original did: its float32 networks decide the coder's inputs
+    (not portable; for measuring what portability costs)."""
+    if on:
+        model._parameter_path = lambda z_hat: (model, z_hat)
+    try:
+        yield
+    finally:
+        model.__dict__.pop("_parameter_path", None)
+
+
 def _time_coding(model, x: torch.Tensor, runs: int, warm: torch.Tensor) -> Dict[Tuple[bool, str], List[float]]:
     """compress and decompress, float32 and portable interleaved, ``runs`` times each (after a warm-up
     of both paths on the small picture ``warm``)."""
     times: Dict[Tuple[bool, str], List[float]] = {}
     for run in range(runs + 1):
         for portable in (False, True):
-            model.portable_coding = portable
             picture = x if run else warm
-            start = time.perf_counter()
-            enc = model.compress(picture)
-            middle = time.perf_counter()
-            dec = model.decompress(enc["strings"], enc["shape"])
-            end = time.perf_counter()
+            with _float32_coding(model, on=not portable):
+                start = time.perf_counter()
+                enc = model.compress(picture)
+                middle = time.perf_counter()
+                dec = model.decompress(enc["strings"], enc["shape"])
+                end = time.perf_counter()
             assert dec["checks"] == enc["checks"]
             if run:
                 times.setdefault((portable, "encode"), []).append(middle - start)
                 times.setdefault((portable, "decode"), []).append(end - middle)
-    model.portable_coding = True
     return times
 
 
@@ -399,7 +422,7 @@ def cost(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from models import ICWEM, get_config
-    from models.portable import ParameterNets
+    from models.entropy.parameters import ParameterNets
     from tests.conftest import photo
     from utils.image_io import to_tensor
 
@@ -415,7 +438,7 @@ def cost(args: argparse.Namespace) -> int:
         y = model.analysis(x)
         z = model.h_a(y)
         z_hat = model.entropy_bottleneck.decompress(model.entropy_bottleneck.compress(z), z.shape[-2:])
-        variants = {"float32 (original)": model, "float64, every network": ParameterNets(model, native_last_mean=False),
+        variants = {"float32 (original)": model, "float64, every network": _all_float64(model),
                     "float64 but the last mean side": ParameterNets(model)}
         path: Dict[str, List[float]] = {}
         for run in range(args.runs + 1):

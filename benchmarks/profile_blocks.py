@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import machine  # noqa: E402
 import models.icwem as icwem  # noqa: E402
 from models import ICWEM  # noqa: E402
-from models.portable import parameter_nets  # noqa: E402
+from models.entropy import parameter_nets  # noqa: E402
 from models.tiling import enh_stages, inn_stages  # noqa: E402
 from side_by_side import photo_tensor  # noqa: E402
 
@@ -88,8 +88,8 @@ def instrument(model: ICWEM, clock: BlockClock) -> None:
     icwem.synthesis_stages = labelled(
         icwem.synthesis_stages, lambda n: ["g_s"] * (n - n_inn - n_enh) + ["INN (reverse)"] * n_inn + ["enh (back)"] * n_enh)
     clock.hook(model.h_a, "h_a")
-    nets = parameter_nets(model) if model.portable_coding else model
-    tag = " [float64 portable]" if model.portable_coding else ""
+    nets = parameter_nets(model)
+    tag = " [float64 portable]"
     for name in ("h_mean_s", "h_scale_s"):
         clock.hook(getattr(nets, name), "h_s (mean + scale)" + tag)
     for name in ("atten_mean", "atten_scale"):

@@ -22,12 +22,11 @@ from .blocks import SWAtten, tcb_stage
 from .config import ModelConfig
 from .enhance import EnhModule
 from .inn import InvertibleNetwork
-from .portable import (
-    LEGACY_HINT, PORTABLE_DTYPE, CoderCheck, ForeignStrings, _Native, check_z_strings, legacy_coders, parameter_nets,
-    parameter_device, release_parameter_nets, scale_indexes, update_tables, z_symbols,
+from .entropy import (
+    CHUNK_SYMBOLS, LEGACY_HINT, PORTABLE_DTYPE, ChunkedDecoder, ChunkedEncoder, CoderCheck, ForeignStrings, NativeNet,
+    check_z_strings, guarded, legacy_coders, parameter_device, parameter_nets, rans_tables, release_parameter_nets,
+    scale_indexes, update_tables, z_symbols,
 )
-from .rans_chunks import CHUNK_SYMBOLS, ChunkedDecoder, ChunkedEncoder
-from .rans_guard import guarded
 from .tiling import (
     analysis_stages, band_rows, hyper_stages, latent_band_rows, parameter_net_stages, run_stages, stream_rows,
     swatten_stages, synthesis_stages,
@@ -263,7 +262,7 @@ class ICWEM(CompressionModel):
             for net in nets:
                 x = net(x)
             return x
-        native = isinstance(nets[0], _Native)  # the last slice's mean side: the model's own networks
+        native = isinstance(nets[0], NativeNet)  # the last slice's mean side: the model's own networks
         stages = []
         for net in nets:
             net = net.net if native else net
@@ -377,45 +376,34 @@ class ICWEM(CompressionModel):
         return out
 
     # ------------------------------------------------------------------ real entropy coding
-    # Real coding computes the entropy parameters portably (float64, models/portable.py), so a file
-    # decodes on any machine. False runs them like the forward pass (the original's float32 coding, not
-    # portable): only for measuring what portability costs.
-    portable_coding: bool = True
-    # Where the float64 parameters are computed: None picks for the model's device (the CPU, or its GPU
-    # where float64 is faster there: portable.parameter_device); "cpu" or "model" (the model's device)
-    # force it. Files do not depend on it.
+    # Real coding computes the entropy parameters portably (float64, models/entropy/parameters.py), so a
+    # file decodes on any machine. Where: None picks for the model's device (the CPU, or its GPU where
+    # float64 is faster there: entropy.parameter_device); "cpu" or "model" (the model's device) force it.
+    # Files do not depend on it.
     parameter_device: Optional[str] = None
 
     def update(self, scale_table=None, force: bool = False, update_quantiles: bool = False) -> bool:
-        """Build the entropy coder tables, from float64 pmfs on the pinned scale table (portable.py)."""
+        """Build the entropy coder tables, from float64 pmfs on the pinned scale table (models/entropy/tables.py)."""
         if scale_table is not None:
-            raise ValueError("ICWEM's scale table is pinned (models/portable.py SCALE_TABLE) so files decode anywhere")
+            raise ValueError("ICWEM's scale table is pinned (models/entropy/tables.py SCALE_TABLE) so files decode anywhere")
         return update_tables(self, force=force, update_quantiles=update_quantiles)
 
     def _parameter_path(self, z_hat: Tensor) -> Tuple[nn.Module, Tensor]:
         """The networks that decide the coder's inputs, and ẑ in the dtype and on the device they run."""
-        if not self.portable_coding:
-            return self, z_hat
         choice = {None: parameter_device(z_hat.device), "cpu": torch.device("cpu"), "model": z_hat.device}
         device = choice[self.parameter_device]
         return parameter_nets(self, device), z_hat.to(device, PORTABLE_DTYPE)
-
-    def _coder_tables(self, gc: Optional[GaussianConditional] = None) -> Tuple[list, list, list]:
-        gc = self.gaussian_conditional if gc is None else gc
-        if gc._offset.numel() == 0:
-            raise RuntimeError("entropy coder tables are empty: call model.update() before compress/decompress")
-        return gc.quantized_cdf.tolist(), gc.cdf_length.reshape(-1).int().tolist(), gc.offset.reshape(-1).int().tolist()
 
     @full_float32()  # no TF32 on a GPU: its pictures then differ from a CPU's by float32 rounding only
     def compress(self, x: Tensor, return_y_hat: bool = False, chunk_symbols: Optional[int] = CHUNK_SYMBOLS) -> Dict:
         """Code each image of the batch into one y string (all slices) and one z string.
 
         y's symbols go to the coder slice by slice, in independent rANS streams of ``chunk_symbols``
-        symbols (``models/rans_chunks.py``; None: one stream, as format version 2 wrote). ``checks``
-        holds, per image, the CRC-32 of the symbols and scale indexes the decoder must rebuild
-        (``portable.CoderCheck``); ``return_y_hat`` also returns the encoder's own ŷ.
+        symbols (``models/entropy/rans_chunks.py``; None: one stream). ``checks`` holds, per image, the
+        CRC-32 of the symbols and scale indexes the decoder must rebuild (``entropy.CoderCheck``);
+        ``return_y_hat`` also returns the encoder's own ŷ.
         """
-        self._coder_tables()  # fails before the analysis, not after it
+        rans_tables(self.gaussian_conditional)  # fails before the analysis, not after it
         y = self.analysis(x)
         del x  # a caller that passes the image without keeping it (encode_image) frees it for the coding
         return self.compress_latents(y, None, return_y_hat, chunk_symbols)
@@ -426,7 +414,7 @@ class ICWEM(CompressionModel):
         hyper-latent ``z`` (default ``h_a(y)``). Encode-time refinement (models/refine.py) passes its own
         y and z here, so a refined file goes through the same portable parameters, coder check and
         format as a plain one, and any decoder reads it."""
-        tables = self._coder_tables()
+        tables = rans_tables(self.gaussian_conditional)
         batch = y.shape[0]
         z = self.h_a(y) if z is None else z
         z_strings = self.entropy_bottleneck.compress(z)
@@ -459,16 +447,16 @@ class ICWEM(CompressionModel):
                    chunk_symbols: Optional[int] = CHUNK_SYMBOLS) -> Dict:
         """Inverse of :meth:`compress`: rebuilds the same entropy parameters and decodes ŷ, then x̂.
 
-        Every string is checked and each rANS stream given a zero guard first (``rans_guard``), so no
-        input makes the decoder read memory that is not ours; ``checks`` are the CRCs of what was
+        Every string is checked and each rANS stream given a zero guard first (``entropy.rans_guard``),
+        so no input makes the decoder read memory that is not ours; ``checks`` are the CRCs of what was
         decoded, to compare with the encoder's. ``chunk_symbols`` must be the encoder's (None for a
-        single y stream, format versions 1 and 2). ``legacy`` decodes strings of format version 1,
-        coded before the portable path: float32 parameters and CompressAI's own tables, as their
-        encoder had them (the original implementation's strings too). Without it such strings raise
-        ``ForeignStrings`` (a ``ValueError``), as does any decode that gives a picture with NaN.
+        single y stream). ``legacy`` decodes strings coded before the portable path (the original
+        implementation's): float32 parameters and CompressAI's own tables, as their encoder had them.
+        Without it such strings raise ``ForeignStrings`` (a ``ValueError``), as does any decode that
+        gives a picture with NaN. Which file versions need which options: ``utils.coding.codec``.
         """
         eb, gc = legacy_coders(self) if legacy else (self.entropy_bottleneck, self.gaussian_conditional)
-        tables = self._coder_tables(gc)
+        tables = rans_tables(gc)
         y_strings, z_strings = strings
         if len(y_strings) != len(z_strings):
             raise ValueError("y and z strings disagree on the batch size")

@@ -20,7 +20,7 @@ file: only which symbols are coded changes, so any decoder of this project reads
   returned: refinement never makes that objective worse.
 * **Coded exactly.** The returned latents are the quantised values themselves (ŷ before LRP, and ẑ),
   each a whole number of steps from its μ or median. ``ICWEM.compress_latents`` recomputes μ in float64
-  (models/portable.py); a value that is a whole number of steps from μ rounds to the same symbol
+  (models/entropy/parameters.py); a value that is a whole number of steps from μ rounds to the same symbol
   however μ moves in its last bits, so the file codes the symbols that were scored.
 * **Memory.** Gradients flow through the whole model at once (the row bands of models/tiling.py stream
   inference only), so memory grows with the pixels: images above ``max_pixels`` are refused with one

@@ -1,8 +1,8 @@
 """Hostile .icwem files can do no harm: no read outside memory we own, no unbounded work, no traceback.
 
-CompressAI's rANS decoder has no bounds checks (models/rans_guard.py). These tests craft CRC-valid
-streams that drive its bypass mode and show that every read stays inside the zero guard we append: the
-decoded values do not change when whatever lies beyond the guard changes.
+CompressAI's rANS decoder has no bounds checks (models/entropy/rans_guard.py). These tests craft
+CRC-valid streams that drive its bypass mode and show that every read stays inside the zero guard we
+append: the decoded values do not change when whatever lies beyond the guard changes.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from compressai.ans import RansDecoder
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 
 from models import load_checkpoint
-from models.portable import update_tables
-from models.rans_guard import RANS_L, check_stream, guard_words, guarded, max_stream_words
+from models.entropy import update_tables
+from models.entropy.rans_guard import RANS_L, check_stream, guard_words, guarded, max_stream_words
 from tests.conftest import photo
 from utils.coding.bitstream import HEADER_BYTES, MAGIC, pack, unpack
 from utils.coding.codec import decode_bitstream, encode_image

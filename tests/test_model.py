@@ -10,8 +10,7 @@ from PIL import Image
 
 from conftest import FIXTURES, TINY, photo_tensor, spread_scales_model
 from models import ICWEM, PRESETS, ForeignStrings, config_from_state_dict, get_config
-from models.portable import legacy_coders
-from models.rans_chunks import ChunkedEncoder
+from models.entropy import ChunkedEncoder, legacy_coders, rans_tables
 from utils.errors import UserError
 from utils.padding import compute_padding, crop, pad_image
 
@@ -73,7 +72,7 @@ def _original_compress(model, x):
     z_strings = eb.compress(z)
     z_hat = eb.decompress(z_strings, z.shape[-2:])
     y_slices = y.chunk(model.num_slices, dim=1)
-    encoder = ChunkedEncoder(model._coder_tables(gc), chunk_symbols=None)
+    encoder = ChunkedEncoder(rans_tables(gc), chunk_symbols=None)
 
     def code_slice(i, mu, sigma):
         q = gc.quantize(y_slices[i], "symbols", mu)

@@ -1,4 +1,4 @@
-"""A .icwem file decodes to the same symbols on any machine setup (models/portable.py).
+"""A .icwem file decodes to the same symbols on any machine setup (models/entropy/).
 
 The encoder runs here; one decoder process runs without the SIMD kernels
 (``ATEN_CPU_CAPABILITY=default``) and decodes with 2 threads (the smallest crop), then with oneDNN off
@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from models import load_checkpoint
-from models.portable import SCALE_TABLE, parameter_nets
+from models.entropy import SCALE_TABLE, parameter_nets
 from tests.conftest import photo
 from utils.coding.bitstream import pack, unpack
 from utils.coding.codec import decode_bitstream, encode_image
@@ -115,7 +115,7 @@ def test_scale_table_and_gaussian_coder_tables_are_the_pinned_bits(model):
 
 def test_the_model_scales_spread_over_the_table(model, encoded):
     """Otherwise the cross-setup test below would exercise one table boundary only."""
-    from models.portable import scale_indexes
+    from models.entropy import scale_indexes
 
     with torch.inference_mode():
         sigma = model(torch.from_numpy(_crop("chelsea")).permute(2, 0, 1)[None].float() / 255)["para"]["scales"]

@@ -11,10 +11,10 @@ import torch
 from compressai.ans import BufferedRansEncoder
 from compressai.entropy_models import GaussianConditional
 
-import models.rans_chunks as rans_chunks
-from models.portable import update_tables
-from models.rans_chunks import ChunkedDecoder, ChunkedEncoder, num_chunks
-from models.rans_guard import guarded
+import models.entropy.rans_chunks as rans_chunks
+from models.entropy import update_tables
+from models.entropy.rans_chunks import ChunkedDecoder, ChunkedEncoder, num_chunks
+from models.entropy.rans_guard import guarded
 from tests.conftest import photo_tensor
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -205,7 +205,7 @@ def test_a_file_encoded_whole_decodes_streamed_and_the_reverse(tiny_model):
 def test_a_streamed_decode_drops_the_float64_copy_and_the_next_rebuilds_it(tiny_model, image):
     """A large latent's synthesis gets the parameter networks' float64 copy's memory; decoding again
     builds the copy again and gives the same picture."""
-    from models.portable import _NETS
+    from models.entropy.parameters import _NETS
 
     tiny_model.latent_tile = 8  # the 20×12 latent in bands of 8 rows, as a large image would be
     with torch.inference_mode():

@@ -16,13 +16,15 @@ Layout (little-endian), version 3::
         54        z_string, then y_string
        end-4   4  CRC-32 (zlib.crc32) of every byte before it (u32)
 
-y_string holds y's symbols as independent rANS streams of 2^20 symbols each (``models/rans_chunks.py``):
-the byte lengths of all but the last stream (u32 each), then the streams. An image with at most 2^20
-latent symbols (about 1.3 megapixels with the published model) has one stream and no lengths.
-Version 2 is the same with y as one rANS stream however large the image; version 1 is version 2
-without the coder check (the strings start at offset 50). Both are still read.
+y_string holds y's symbols as independent rANS streams of 2^20 symbols each
+(``models/entropy/rans_chunks.py``): the byte lengths of all but the last stream (u32 each), then the
+streams. An image with at most 2^20 latent symbols (about 1.3 megapixels with the published model) has
+one stream and no lengths. Version 2 is the same with y as one rANS stream however large the image;
+version 1 is version 2 without the coder check (the strings start at offset 50), its strings coded
+as the original implementation coded them (float32 parameters, CompressAI's tables). Both are still
+read (``utils/coding/codec.py: decoder_options``).
 The trailing CRC catches damage to the file; the coder check catches a decoder that, from intact
-bytes, rebuilt other symbols than the encoder coded (models/portable.py explains why that should not
+bytes, rebuilt other symbols than the encoder coded (models/entropy/ explains why that should not
 happen, and this is how we would know).
 
 ``unpack`` trusts nothing: it checks the header and checksum before the decoder sees any field, so a
@@ -68,7 +70,7 @@ class Bitstream:
 
     ``pad`` is (top, bottom, left, right) pixels added to reach a multiple of 64; ``z_shape`` is the
     hyper-latent's spatial size, which the decoder needs before it can decode ``z_string``. ``check``
-    is the coder check (``models.portable.CoderCheck``); None for a version-1 file, which has none.
+    is the coder check (``models.entropy.CoderCheck``); None for a version-1 file, which has none.
     ``version`` says how ``y_string`` is laid out (see the module docstring).
     """
 

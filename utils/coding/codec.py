@@ -85,6 +85,16 @@ def encode_image(
     return bs, {"bytes": num_bytes, "bpp": bpp_from_bytes(num_bytes, height, width), "encode_s": encode_s, **extra}
 
 
+def decoder_options(version: int) -> dict:
+    """What a file of format ``version`` asks of ``model.decompress``: version 1 holds the original
+    implementation's strings (``legacy``: float32 parameters, CompressAI's tables), versions 1 and 2 code
+    y as one rANS stream, version 3 in chunks of the model's default size."""
+    options: dict = {"legacy": version == 1}
+    if version < 3:
+        options["chunk_symbols"] = None
+    return options
+
+
 def decode_bitstream(model: nn.Module, bs: Bitstream, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, dict]:
     """Decode a bitstream to an HxWx3 uint8 image; returns it and ``{"decode_s"}``.
 
@@ -108,9 +118,8 @@ def decode_bitstream(model: nn.Module, bs: Bitstream, max_pixels: int = DEFAULT_
     start = time.perf_counter()
     try:
         with torch.inference_mode():
-            # decompress checks both strings and bounds the coder's reads (models/rans_guard.py).
-            chunks = {"chunk_symbols": None} if bs.version < 3 else {}  # versions 1 and 2: y is one stream
-            out = model.decompress([[bs.y_string], [bs.z_string]], bs.z_shape, legacy=bs.version == 1, **chunks)
+            # decompress checks both strings and bounds the coder's reads (models/entropy/rans_guard.py).
+            out = model.decompress([[bs.y_string], [bs.z_string]], bs.z_shape, **decoder_options(bs.version))
             x_hat = crop(out["x_hat"], Padding(*bs.pad))
             finite = bool(torch.isfinite(x_hat).all())
     except (RuntimeError, ValueError, IndexError, OverflowError) as exc:

@@ -4,14 +4,16 @@ the image's area.
 The decoder must be handed each stream with a zero guard of about 81 bytes per symbol behind it
 (``rans_guard``: the most a hostile stream can make CompressAI's decoder read), and ``RansDecoder``
 copies the guarded stream once more. For one stream per image that is 2 × 81 bytes × 30 M symbols
-≈ 5 GB at 24 megapixels. So format version 3 codes y's symbols (slice order, C order within a slice)
-as consecutive independent rANS streams of ``CHUNK_SYMBOLS`` symbols each, the last one shorter, and
+≈ 5 GB at 24 megapixels. So y's symbols (slice order, C order within a slice) are coded as
+consecutive independent rANS streams of ``CHUNK_SYMBOLS`` symbols each, the last one shorter, and
 only one guarded chunk exists at a time: about 170 MB at most, whatever the image size.
 
-Layout of a version-3 y string with ``K = ceil(S / CHUNK_SYMBOLS)`` chunks: the byte lengths of the
-first ``K - 1`` chunks (u32, little-endian), then the chunks back to back. With one chunk (up to about
-1.3 megapixels for the published model) that is the plain rANS stream, byte for byte what version 2 wrote.
-Each extra chunk costs its 8-byte rANS flush and 4 bytes of length.
+Layout of a y string with ``K = ceil(S / chunk_symbols)`` chunks: the byte lengths of the first
+``K - 1`` chunks (u32, little-endian), then the chunks back to back. With one chunk (up to about
+1.3 megapixels for the published model) that is the plain rANS stream, byte for byte what
+``chunk_symbols=None`` (one stream, however many symbols) writes. Each extra chunk costs its 8-byte
+rANS flush and 4 bytes of length. Which files use which is the file format's business
+(utils/coding/bitstream.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ _LENGTH = struct.Struct("<I")
 
 
 def num_chunks(num_symbols: int, chunk_symbols: Optional[int]) -> int:
-    """How many streams code ``num_symbols`` symbols (``chunk_symbols`` None: one, as format version 2)."""
+    """How many streams code ``num_symbols`` symbols (``chunk_symbols`` None: one, however many)."""
     if chunk_symbols is None or num_symbols == 0:
         return 1
     return -(-num_symbols // chunk_symbols)
