@@ -7,7 +7,8 @@
 # Round 2 (ROUND2=1 runs it instead of round 1's fine-tunes) continues round 1's main run with its optimizer and
 # schedule to epoch 30, then each other rate point from that run's end (optimizer state kept) at its own λ.
 # Round 6 (ROUND6=1 SKIP_MAIN=1, from the shipped files of round 5) is the first on the wider data of
-# tools/training_data.py with --colour-augment; every shipped file comes from it (its block ends with the ship command).
+# tools/training_data.py with --colour-augment. Round 7 (ROUND7=1 SKIP_MAIN=1, after round 6) continues it; every
+# shipped file comes from round 7 (its block ends with the ship command).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:?usage: train_shipped.sh RUNS_DIR}
@@ -21,7 +22,7 @@ if [ -z "${SKIP_MAIN:-}" ]; then
 fi
 # The lowest rate point was fine-tuned at 3e-4; at that rate the higher points lost 2 dB to the main
 # model (fresh Adam steps undo the end of its cosine schedule), so they use 1e-4.
-if [ -z "${ROUND2:-}" ] && [ -z "${ROUND3:-}" ]; then
+if [ -z "${ROUND2:-}${ROUND3:-}${ROUND4:-}${ROUND5:-}${ROUND6:-}${ROUND7:-}" ]; then  # round 1 only
 python -u train.py "${COMMON[@]}" --lambda 0.0025 -lr 3e-4 --epochs 1 --checkpoint "$MAIN" --no-continue_train \
     --save_path "$RUNS/finetune" --max-minutes 15
 for L in 0.006 0.03 0.08; do
@@ -109,4 +110,22 @@ if [ -n "${ROUND6:-}" ]; then
     done
     # then: python tools/ship_weights.py $RUNS/round6/prod/0.0003/checkpoint_latest.pth.tar \
     #   $RUNS/round6/prod/0.0008/… $RUNS/round6/prod/0.004/… $RUNS/round6/prod/0.045/… $RUNS/round6/prod/0.15/…
+fi
+
+if [ -n "${ROUND7:-}" ]; then
+    # Round 7: the same recipe as round 6, continued from each round-6 file at its λ (models/weights/ as
+    # round 6 shipped them, commit 97618c3), all four side by side on one thread each, on round 6's data. The session's runs started at --epochs 44 (32 for
+    # q3), were stopped after 7 epochs with SIGTERM (which saves a resumable checkpoint) and continued with
+    # --continue_train at the lengths below, so that each cosine ended within the session: their first 7
+    # epochs had a slightly higher learning rate than these commands give.
+    R7=(-d "$RUNS/data" --model-config small --batch-size 8 --test-batch-size 8 --patch-size 64 64 --augment
+        --colour-augment --repeat 4 --lr-schedule cosine --decoder-clamp -n 1 --save-every-steps 50 -lr 3e-4)
+    for QLE in "q1 0.0003 34" "q2 0.0008 34" "q3 0.004 26" "q4 0.15 34"; do
+        set -- $QLE
+        python -u train.py "${R7[@]}" --lambda "$2" --epochs "$3" --checkpoint "models/weights/icwem-small-$1.pt" \
+            --no-continue_train --save_path "$RUNS/round7/prod" &
+    done
+    wait
+    # then: python tools/ship_weights.py $RUNS/round7/prod/0.0003/checkpoint_latest.pth.tar \
+    #   $RUNS/round7/prod/0.0008/… $RUNS/round7/prod/0.004/… $RUNS/round7/prod/0.15/…
 fi
