@@ -14,7 +14,7 @@ from compressai.entropy_models import GaussianConditional
 import models.entropy.rans_chunks as rans_chunks
 from models.entropy import update_tables
 from models.entropy.rans_chunks import ChunkedDecoder, ChunkedEncoder, num_chunks
-from models.entropy.rans_guard import guarded
+from models.entropy.rans_guard import guard_words, guarded, max_stream_words
 from tests.conftest import photo_tensor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -109,6 +109,23 @@ def test_crafted_chunks_are_read_only_inside_their_guards(tables, monkeypatch):
         return _decode(tables, string, indexes, chunk, [n])
 
     assert torch.equal(decode(0x00), decode(0xFF))
+
+
+def test_a_half_guard_behind_a_chunk_lets_the_decoder_read_beyond_it(tables, monkeypatch):
+    """The test above can fail: a chunk of 0xFF words as long as any encoder writes drives the decoder
+    past half of its guard, and the poison there changes what decodes."""
+    n = 1000
+    string = b"\xff" * (4 * max_stream_words(n))
+    indexes = torch.tensor([i % 64 for i in range(n)], dtype=torch.int32)
+
+    def decode(poison: int) -> torch.Tensor:
+        def half_guarded(s: bytes, k: int, name: str) -> bytes:
+            return s + bytes(4 * (guard_words(len(s) // 4, k) // 2)) + bytes([poison]) * 65536
+
+        monkeypatch.setattr(rans_chunks, "guarded", half_guarded)
+        return _decode(tables, string, indexes, None, [n])
+
+    assert not torch.equal(decode(0x00), decode(0xFF))
 
 
 def test_the_model_codes_the_same_symbols_in_chunks_as_in_one_stream(tiny_model):

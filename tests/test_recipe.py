@@ -85,7 +85,7 @@ def test_decoder_clamp_trains_on_the_picture_the_decoder_produces(fresh_model):
         clamped = fresh_model(x, decoder_clamp=True)
         coded = fresh_model.compress(x)
         decoded = fresh_model.decompress(coded["strings"], coded["shape"])["x_hat"]
-    assert (clamped["x_hat"] - decoded).abs().max() < 1e-4
+    assert (clamped["x_hat"] - decoded).abs().max() < 1e-5  # 5.4e-7 measured
     assert (plain - decoded).abs().max() > 0.1
     assert clamped["range_loss"] > 0
 

@@ -143,18 +143,18 @@ def test_a_refined_file_decodes_with_the_plain_decoder_to_the_refined_picture(ti
     assert psnr(to_tensor(rgb), to_tensor(decoded)) == pytest.approx(expected_psnr, abs=0.05)
 
 
-def test_a_refined_file_decodes_the_same_in_another_setup(trained_checkpoint, tmp_path):
+def test_a_refined_file_decodes_the_same_in_another_setup(spread_checkpoint, tmp_path):
     """The decoder process of tests/test_portable.py: other SIMD kernels, 2 threads, oneDNN off."""
-    model = load_checkpoint(trained_checkpoint)
+    model = load_checkpoint(spread_checkpoint)
     rgb = np.ascontiguousarray(photo("chelsea")[100:164, 200:328])
-    bs, stats = encode_image(model, rgb, RefineOptions(3, seed=0))
+    bs, stats = encode_image(model, rgb, RefineOptions(3, LMBDA, seed=0))
     assert stats["refine"].best_iteration > 0  # other symbols than the plain file's
     path = tmp_path / "refined.icwem"
     path.write_bytes(pack(bs))
     reference, _ = decode_bitstream(model, unpack(path.read_bytes()))
     env = dict(os.environ, ATEN_CPU_CAPABILITY=DECODER_CAPABILITY, OMP_NUM_THREADS="2")
     setups = ",".join(f"{threads}:{int(dnn)}:1" for threads, dnn, _ in DECODER_SETUPS)
-    result = subprocess.run([sys.executable, "-c", _DECODER, str(trained_checkpoint), setups, str(path)],
+    result = subprocess.run([sys.executable, "-c", _DECODER, str(spread_checkpoint), setups, str(path)],
                             cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split("\n")[1:1 + len(DECODER_SETUPS)] == ["decoded"] * len(DECODER_SETUPS)
