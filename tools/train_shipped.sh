@@ -84,6 +84,9 @@ if [ -n "${ROUND5:-}" ]; then
     #   $RUNS/round3/finetune/0.045/checkpoint_latest.pth.tar $RUNS/round5/finetune/0.15/checkpoint_latest.pth.tar
 fi
 
+# Rounds 6 and 7: the wider data, colour augmentation, 64² crops in batches of 8, lr 3e-4 on a cosine.
+R6=(-d "$RUNS/data" --model-config small --batch-size 8 --test-batch-size 8 --patch-size 64 64 --augment
+    --colour-augment --repeat 4 --lr-schedule cosine --decoder-clamp -n 1 --save-every-steps 50 -lr 3e-4)
 if [ -n "${ROUND6:-}" ]; then
     # Round 6: the data grows from 7 scikit-image photos to 64 pictures (scikit-image + three Debian wallpaper
     # packages; plasma-Path and plasma-EveningGlow held out with chelsea and coffee), and every crop is put in a
@@ -95,8 +98,6 @@ if [ -n "${ROUND6:-}" ]; then
     # and continued with --continue_train at these lengths (after 7, 4 and 2 epochs), so that each cosine
     # ended within the session: their first epochs had a slightly higher learning rate than these commands.
     python tools/training_data.py --out "$RUNS/data"
-    R6=(-d "$RUNS/data" --model-config small --batch-size 8 --test-batch-size 8 --patch-size 64 64 --augment
-        --colour-augment --repeat 4 --lr-schedule cosine --decoder-clamp -n 1 --save-every-steps 50 -lr 3e-4)
     python -u train.py "${R6[@]}" --lambda 0.004 --epochs 10 --checkpoint models/weights/icwem-small-q3.pt \
         --no-continue_train --save_path "$RUNS/round6/p64"
     python -u train.py "${R6[@]}" --lambda 0.004 --epochs 10 --no-continue_train \
@@ -114,15 +115,13 @@ fi
 
 if [ -n "${ROUND7:-}" ]; then
     # Round 7: the same recipe as round 6, continued from each round-6 file at its λ (models/weights/ as
-    # round 6 shipped them, commit 97618c3), all four side by side on one thread each, on round 6's data. The session's runs started at --epochs 44 (32 for
-    # q3), were stopped after 7 epochs with SIGTERM (which saves a resumable checkpoint) and continued with
+    # round 6 shipped them, commit 97618c3), all four side by side on one thread each, on round 6's data.
+    # The session's runs started at --epochs 44 (32 for q3), were stopped after 7 epochs with SIGTERM (which saves a resumable checkpoint) and continued with
     # --continue_train at the lengths below, so that each cosine ended within the session: their first 7
     # epochs had a slightly higher learning rate than these commands give.
-    R7=(-d "$RUNS/data" --model-config small --batch-size 8 --test-batch-size 8 --patch-size 64 64 --augment
-        --colour-augment --repeat 4 --lr-schedule cosine --decoder-clamp -n 1 --save-every-steps 50 -lr 3e-4)
     for QLE in "q1 0.0003 34" "q2 0.0008 34" "q3 0.004 26" "q4 0.15 34"; do
         set -- $QLE
-        python -u train.py "${R7[@]}" --lambda "$2" --epochs "$3" --checkpoint "models/weights/icwem-small-$1.pt" \
+        python -u train.py "${R6[@]}" --lambda "$2" --epochs "$3" --checkpoint "models/weights/icwem-small-$1.pt" \
             --no-continue_train --save_path "$RUNS/round7/prod" &
     done
     wait
