@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
 
+from tools.photo_crops import PORTABILITY_CROPS, Crop  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 
 # name: (intra-op threads, oneDNN enabled, ATEN_CPU_CAPABILITY)
@@ -46,16 +47,6 @@ SETUPS: Dict[str, Tuple[int, bool, str]] = {
     for t in (1, 2)
 }
 ENCODERS = ("1thr-dnn-avx2", "2thr-nodnn-default")  # opposite corners of the grid
-# (photo, top, left, height, width): odd sizes and up to 512x384; `decodes` takes the first --photos.
-PHOTOS = (
-    ("camera", 64, 64, 64, 64),
-    ("chelsea", 0, 0, 128, 192),
-    ("rocket", 100, 50, 150, 200),
-    ("hubble_deep_field", 20, 20, 200, 300),
-    ("astronaut", 0, 0, 256, 384),
-    ("coffee", 8, 40, 300, 451),
-    ("immunohistochemistry", 0, 0, 512, 384),
-)
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -81,10 +72,7 @@ def _run_worker(setup: str, job: dict, workdir: Path) -> dict:
 
 
 def _photo(spec: Sequence) -> np.ndarray:
-    from tests.conftest import photo
-
-    name, top, left, h, w = spec
-    return np.ascontiguousarray(photo(name)[top:top + h, left:left + w])
+    return Crop(*spec).pixels()
 
 
 def _models(workdir: Path, checkpoints: Sequence[str], seeds: Sequence[int]) -> List[str]:
@@ -191,7 +179,7 @@ def decodes(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="icwem-portability-") as tmp:
         workdir = Path(tmp)
         models = _models(workdir, args.checkpoint, args.seeds)
-        photos = [list(p) for p in PHOTOS[: args.photos]]
+        photos = [list(p) for p in PORTABILITY_CROPS[: args.photos]]
         base = {"models": models, "photos": photos, "dir": str(workdir)}
         start = time.perf_counter()
         rows = []
@@ -253,7 +241,7 @@ def sigma(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="icwem-sigma-") as tmp:
         workdir = Path(tmp)
         models = _models(workdir, args.checkpoint, args.seeds)
-        photos = [list(p) for p in PHOTOS[: args.photos]]
+        photos = [list(p) for p in PORTABILITY_CROPS[: args.photos]]
         _fix_inputs(models, photos, workdir)
         base = {"role": "sigma", "models": models, "photos": photos, "dir": str(workdir)}
         paths = {setup: _run_worker(setup, base, workdir) for setup in SETUPS}
@@ -341,7 +329,7 @@ def moved(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)
     inputs = [("fixture input", np.asarray(Image.open(TINY / "input.png").convert("RGB")))]
-    inputs += [(f"{spec[0]} {spec[3]}x{spec[4]}", _photo(spec)) for spec in PHOTOS[: args.photos]]
+    inputs += [(crop.label, crop.pixels()) for crop in PORTABILITY_CROPS[: args.photos]]
     with tempfile.TemporaryDirectory(prefix="icwem-moved-") as tmp:
         models = _models(Path(tmp), args.checkpoint, args.seeds)
         print(f"{'model':24} {'image':26} {'symbols':>9} {'moved':>6} {'indexes moved':>14} {'max |Δx̂|':>10}")
@@ -466,7 +454,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     commands = p.add_subparsers(dest="command", required=True)
     for name, run in (("decodes", decodes), ("sigma", sigma), ("moved", moved)):
         c = commands.add_parser(name)
-        c.add_argument("--photos", type=int, default=len(PHOTOS), help=f"how many of the {len(PHOTOS)} photo crops")
+        c.add_argument("--photos", type=int, default=len(PORTABILITY_CROPS), help=f"how many of the {len(PORTABILITY_CROPS)} photo crops")
         c.add_argument("--seeds", type=int, nargs="*", default=[0, 1], help="spread-scale tiny models to build")
         c.add_argument("--checkpoint", nargs="*", default=[], help="more checkpoints to test")
         if name == "decodes":

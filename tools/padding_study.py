@@ -39,6 +39,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from models import load_checkpoint  # noqa: E402
+from tools.photo_crops import PADDING_CROPS  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.image_io import find_images, read_image, to_tensor, to_uint8  # noqa: E402
 from utils.metrics import psnr  # noqa: E402
@@ -61,20 +62,6 @@ VARIANTS = (
     Variant("reflect bottom/right", "reflect", "bottom-right"),
 )
 
-# (photo, top, left, height, width): crops of scikit-image's photographs whose sides are not multiples of 64,
-# from a few pixels over a multiple (most of the padding is added) to a few under (almost none is).
-DEFAULT_CROPS = (
-    ("chelsea", 0, 0, 300, 451),
-    ("coffee", 0, 0, 400, 600),
-    ("rocket", 0, 0, 427, 636),
-    ("astronaut", 40, 60, 333, 450),
-    ("camera", 100, 80, 200, 333),
-    ("motorcycle_left", 10, 20, 449, 705),
-    ("immunohistochemistry", 0, 0, 257, 385),
-    ("hubble_deep_field", 100, 100, 321, 511),
-)
-
-
 @dataclass
 class Measurement:
     """One image coded with one variant."""
@@ -88,15 +75,8 @@ class Measurement:
 
 
 def default_images() -> list[tuple[str, np.ndarray]]:
-    """The DEFAULT_CROPS as (``photo HxW``, HxWx3 uint8) pairs."""
-    from .demo import load_photo  # scikit-image is only needed for the default images
-
-    images = []
-    for name, top, left, height, width in DEFAULT_CROPS:
-        rgb = load_photo(name)[top:top + height, left:left + width]
-        assert rgb.shape[:2] == (height, width), f"{name} is smaller than its crop"
-        images.append((f"{name} {height}x{width}", np.ascontiguousarray(rgb)))
-    return images
+    """``tools.photo_crops.PADDING_CROPS`` as (``photo HxW``, HxWx3 uint8) pairs."""
+    return [(crop.label, crop.pixels()) for crop in PADDING_CROPS]
 
 
 def code_padded(model: nn.Module, rgb_uint8: np.ndarray, variant: Variant, multiple: int) -> tuple[int, np.ndarray]:
