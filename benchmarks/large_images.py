@@ -150,7 +150,7 @@ def overhead(config: str, size: tuple, tile: Optional[int]) -> dict:
     import torch
 
     from models import ICWEM, get_config
-    from models.tiling import Stage, analysis_stages, band_rows, stream_rows, synthesis_stages
+    from models.tiling import Stage, band_rows, stream_rows
 
     torch.manual_seed(0)
     model = ICWEM(**get_config(config)).eval()
@@ -158,8 +158,8 @@ def overhead(config: str, size: tuple, tile: Optional[int]) -> dict:
     rows = band_rows(tile, width)
     result = {"rows": rows}
     for name, stages, probe in (
-        ("analysis", analysis_stages(model), torch.rand(1, 3, 256, 256)),
-        ("synthesis", synthesis_stages(model, clamp=True), torch.rand(1, model.config["M"], 16, 16)),
+        ("analysis", model.analysis_stages(), torch.rand(1, 3, 256, 256)),
+        ("synthesis", model.synthesis_stages(clamp=True), torch.rand(1, model.config["M"], 16, 16)),
     ):
         flops = _stage_flops(stages, probe)
         out_rows, scale = [], 1.0
@@ -207,8 +207,8 @@ def entropy_path(model, width: int, height: int, latent_tile: Optional[int]) -> 
     start, cpu = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         nets, z_in = model._parameter_path(z_hat)
-        model._code_slices(*model._hyper(nets, z_in), (y_h, y_w), round_slice, nets, keep_parameters=False)
         rows = model._latent_rows(y_h, y_w, z_in.device)
+        model._code_slices(*model._hyper(nets, z_in), (y_h, y_w), round_slice, nets, keep_parameters=False, rows=rows)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = machine.peak_rss_gib()
     return {"latent": f"{y_w}x{y_h}", "rows": rows, "seconds": seconds, "cpu_seconds": cpu, "before_gib": before,

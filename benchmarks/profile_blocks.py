@@ -28,10 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import machine  # noqa: E402
-import models.icwem as icwem  # noqa: E402
 from models import ICWEM  # noqa: E402
 from models.entropy import parameter_nets  # noqa: E402
-from models.tiling import enh_stages, inn_stages  # noqa: E402
 from side_by_side import photo_tensor  # noqa: E402
 
 
@@ -72,8 +70,8 @@ class BlockClock:
 
 def instrument(model: ICWEM, clock: BlockClock) -> None:
     """Hook every top-level block of the shipping compress / decompress path. Inference runs the main
-    transforms as the stages of models/tiling.py, so those are timed stage by stage, labelled by block."""
-    n_enh, n_inn = len(enh_stages(model.enh.forw_enh)), len(inn_stages(model.inv))
+    transforms as the blocks' stages (models/tiling.py), so those are timed stage by stage, labelled by block."""
+    n_enh, n_inn = len(model.enh.forw_enh.stages()), len(model.inv.stages())
 
     def labelled(build: Callable, labels: Callable[[int], List[str]]) -> Callable:
         def stages(*args):
@@ -83,10 +81,10 @@ def instrument(model: ICWEM, clock: BlockClock) -> None:
             return out
         return stages
 
-    icwem.analysis_stages = labelled(
-        icwem.analysis_stages, lambda n: ["enh (forward)"] * n_enh + ["INN (forward)"] * n_inn + ["g_a"] * (n - n_enh - n_inn))
-    icwem.synthesis_stages = labelled(
-        icwem.synthesis_stages, lambda n: ["g_s"] * (n - n_inn - n_enh) + ["INN (reverse)"] * n_inn + ["enh (back)"] * n_enh)
+    model.analysis_stages = labelled(
+        model.analysis_stages, lambda n: ["enh (forward)"] * n_enh + ["INN (forward)"] * n_inn + ["g_a"] * (n - n_enh - n_inn))
+    model.synthesis_stages = labelled(
+        model.synthesis_stages, lambda n: ["g_s"] * (n - n_inn - n_enh) + ["INN (reverse)"] * n_inn + ["enh (back)"] * n_enh)
     clock.hook(model.h_a, "h_a")
     nets = parameter_nets(model)
     tag = " [float64 portable]"

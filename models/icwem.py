@@ -11,41 +11,28 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
-from compressai.layers import ResidualBlockUpsample, ResidualBlockWithStride, conv3x3, subpel_conv3x3
 from compressai.models import CompressionModel
 from compressai.ops import quantize_ste
 from torch import Tensor
 
 from utils.device import cpu_computes_natively, full_float32
 
-from .blocks import SWAtten, tcb_stage
+from .blocks import (
+    ParameterNet, StridedConv, StridedResidualBlock, SubpelConv, SWAtten, Transform, UpsamplingResidualBlock, tcb_stage,
+)
 from .config import ModelConfig
 from .enhance import EnhModule
 from .inn import InvertibleNetwork
 from .entropy import (
-    CHUNK_SYMBOLS, LEGACY_HINT, PORTABLE_DTYPE, ChunkedDecoder, ChunkedEncoder, CoderCheck, ForeignStrings, NativeNet,
+    CHUNK_SYMBOLS, LEGACY_HINT, PORTABLE_DTYPE, ChunkedDecoder, ChunkedEncoder, CoderCheck, ForeignStrings,
     check_z_strings, guarded, legacy_coders, parameter_device, parameter_nets, rans_tables, release_parameter_nets,
     scale_indexes, update_tables, z_symbols,
 )
-from .tiling import (
-    analysis_stages, band_rows, hyper_stages, latent_band_rows, parameter_net_stages, run_stages, stream_rows,
-    swatten_stages, synthesis_stages,
-)
+from .tiling import Stage, band_rows, in_onednn_layout, latent_band_rows, run_stages, stream_rows, then
 
 # Buffers that update() derives from the parameters; left out of the fingerprint so that it does not
 # depend on whether update() has run.
 _CODER_TABLES = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
-
-
-def parameter_net(in_channels: int, hidden: Sequence[int], out_channels: int) -> nn.Sequential:
-    """Per-slice mean / scale / LRP network: three 3×3 convolutions with GELU between them."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, hidden[0], 3, padding=1),
-        nn.GELU(),
-        nn.Conv2d(hidden[0], hidden[1], 3, padding=1),
-        nn.GELU(),
-        nn.Conv2d(hidden[1], out_channels, 3, padding=1),
-    )
 
 
 def bf16_native(device: str = "cpu") -> bool:
@@ -108,12 +95,12 @@ class ICWEM(CompressionModel):
     """
 
     downsampling_factor = 64
-    # Inference (outside autograd) runs analysis and synthesis in full-width bands of this many image
+    # Inference (``inference=True``: coding) runs analysis and synthesis in full-width bands of this many image
     # rows (models/tiling.py); None: bands of about tiling.BAND_PIXELS pixels on a CPU, the whole image
     # on a GPU (bands only if it would not fit); 0: always the whole image. Not part of the
     # configuration: it changes no value beyond float rounding, no bitstream.
     tile: Optional[int] = None
-    # Run the main transforms (enh, INN, g_a, g_s) in bfloat16 autocast outside autograd. Off by
+    # Run the main transforms (enh, INN, g_a, g_s) of inference in bfloat16 autocast. Off by
     # default: it pays only where the CPU computes bf16 natively (:func:`bf16_native`), and it changes
     # x̂ and y by bf16 rounding (the entropy-parameter path stays float64, so files stay portable).
     bf16_transforms: bool = False
@@ -146,32 +133,32 @@ class ICWEM(CompressionModel):
             return tcb_stage(N, depths[s], head_dims[s], window_size, stage_dpr[s])
 
         self.entropy_bottleneck = EntropyBottleneck(Z)
-        self.g_a = nn.Sequential(
-            ResidualBlockWithStride(3, C, stride=2), *stage(0),
-            ResidualBlockWithStride(C, C, stride=2), *stage(1),
-            ResidualBlockWithStride(C, C, stride=2), *stage(2),
-            conv3x3(C, M, stride=2),
+        self.g_a = Transform(
+            StridedResidualBlock(3, C, stride=2), *stage(0),
+            StridedResidualBlock(C, C, stride=2), *stage(1),
+            StridedResidualBlock(C, C, stride=2), *stage(2),
+            StridedConv(C, M),
         )
-        self.g_s = nn.Sequential(
-            ResidualBlockUpsample(M, C, 2), *stage(3),
-            ResidualBlockUpsample(C, C, 2), *stage(4),
-            ResidualBlockUpsample(C, C, 2), *stage(5),
-            subpel_conv3x3(C, 3, 2),
+        self.g_s = Transform(
+            UpsamplingResidualBlock(M, C, 2), *stage(3),
+            UpsamplingResidualBlock(C, C, 2), *stage(4),
+            UpsamplingResidualBlock(C, C, 2), *stage(5),
+            SubpelConv(C, 3, 2),
         )
         self.enh = EnhModule(enh_channels, dense_growth)
         self.inv = InvertibleNetwork()
 
-        self.h_a = nn.Sequential(
-            ResidualBlockWithStride(M, C, stride=2),
+        self.h_a = Transform(
+            StridedResidualBlock(M, C, stride=2),
             *tcb_stage(N, depths[0], hyper_head_dim, hyper_window_size),
-            conv3x3(C, Z, stride=2),
+            StridedConv(C, Z),
         )
 
-        def hyper_synthesis() -> nn.Sequential:
-            return nn.Sequential(
-                ResidualBlockUpsample(Z, C, 2),
+        def hyper_synthesis() -> Transform:
+            return Transform(
+                UpsamplingResidualBlock(Z, C, 2),
                 *tcb_stage(N, depths[3], hyper_head_dim, hyper_window_size),
-                subpel_conv3x3(C, M, 2),
+                SubpelConv(C, M, 2),
             )
 
         self.h_mean_s = hyper_synthesis()
@@ -180,14 +167,14 @@ class ICWEM(CompressionModel):
         slice_ch = M // num_slices
         support_ch = [M + slice_ch * self._num_support(i) for i in range(num_slices)]
 
-        def swatten(ch: int) -> nn.Sequential:
-            return nn.Sequential(SWAtten(ch, ch, attn_dim, attn_head_dim, attn_window_size))
+        def swatten(ch: int) -> Transform:
+            return Transform(SWAtten(ch, ch, attn_dim, attn_head_dim, attn_window_size))
 
         self.atten_mean = nn.ModuleList(swatten(ch) for ch in support_ch)
         self.atten_scale = nn.ModuleList(swatten(ch) for ch in support_ch)
-        self.cc_mean_transforms = nn.ModuleList(parameter_net(ch, param_hidden, slice_ch) for ch in support_ch)
-        self.cc_scale_transforms = nn.ModuleList(parameter_net(ch, param_hidden, slice_ch) for ch in support_ch)
-        self.lrp_transforms = nn.ModuleList(parameter_net(ch + slice_ch, param_hidden, slice_ch) for ch in support_ch)
+        self.cc_mean_transforms = nn.ModuleList(ParameterNet(ch, param_hidden, slice_ch) for ch in support_ch)
+        self.cc_scale_transforms = nn.ModuleList(ParameterNet(ch, param_hidden, slice_ch) for ch in support_ch)
+        self.lrp_transforms = nn.ModuleList(ParameterNet(ch + slice_ch, param_hidden, slice_ch) for ch in support_ch)
         self.gaussian_conditional = GaussianConditional(None)
 
     # ------------------------------------------------------------------ shared pieces
@@ -196,42 +183,56 @@ class ICWEM(CompressionModel):
         return i if self.max_support_slices < 0 else min(i, self.max_support_slices)
 
     def _band_rows(self, height: int, width: int, device: Optional[torch.device] = None) -> int:
-        """Image rows per band for this image size on ``device`` (default the CPU); 0: whole (autograd
-        on, or it fits in one band)."""
+        """Image rows per band for this image size on ``device`` (default the CPU); 0: whole (it fits in
+        one band)."""
         rows = band_rows(self.tile, width, device)
-        return rows if 0 < rows < height and not torch.is_grad_enabled() else 0
+        return rows if 0 < rows < height else 0
 
-    def analysis(self, x: Tensor) -> Tensor:
-        """x → y: feature attention, INN, then g_a. Inference runs them as the stages of models/tiling.py
-        (their layouts), on the whole image or streamed in row bands (see ``tile``)."""
+    def analysis(self, x: Tensor, inference: bool = True) -> Tensor:
+        """x → y: feature attention, INN, then g_a.
+
+        ``inference`` (what ``compress`` runs): the blocks' stages on channels-last maps on the CPU, in
+        row bands for a large image (``tile``), in bf16 with ``bf16_transforms``; False (training): the
+        same blocks on the whole NCHW map, as autograd needs them. Both give y to float rounding.
+        """
         self._check_size(x)
-        if torch.is_grad_enabled():  # training: the modules as they are
+        if not inference:
             return self.g_a(self.inv(self.enh.forw_enh(x)))
         rows = self._band_rows(*x.shape[-2:], x.device)
         with self._transform_precision(x):
-            stages = analysis_stages(self)
+            stages = self.analysis_stages()
             y = stream_rows(stages, x, rows) if rows else run_stages(stages, x)
-        return y.to(x.dtype) if self._bf16_active() else y
+        return y.to(x.dtype) if self.bf16_transforms else y
 
-    def synthesis(self, y_hat: Tensor, clamp: bool = False) -> Tensor:
-        """ŷ → x̂: g_s, INN reverse, feature attention. ``clamp`` reproduces the decoder's two clamps."""
-        if torch.is_grad_enabled():
+    def synthesis(self, y_hat: Tensor, clamp: bool = False, inference: bool = True) -> Tensor:
+        """ŷ → x̂: g_s, INN reverse, feature attention. ``clamp`` reproduces the decoder's two clamps;
+        ``inference`` as for :meth:`analysis`."""
+        if not inference:
             x = self.g_s(y_hat)
             x = self.enh.back_enh(self.inv.reverse(x.clamp(0, 1) if clamp else x))
             return x.clamp(0, 1) if clamp else x
         f = self.downsampling_factor // 4  # image pixels per pixel of y (16)
         rows = self._band_rows(y_hat.shape[-2] * f, y_hat.shape[-1] * f, y_hat.device)
         with self._transform_precision(y_hat):
-            stages = synthesis_stages(self, clamp)
+            stages = self.synthesis_stages(clamp)
             x = stream_rows(stages, y_hat, rows, unit=f) if rows else run_stages(stages, y_hat)
-        return x.to(y_hat.dtype) if self._bf16_active() else x
+        return x.to(y_hat.dtype) if self.bf16_transforms else x
 
-    def _bf16_active(self) -> bool:
-        return self.bf16_transforms and not torch.is_grad_enabled()
+    def analysis_stages(self) -> List[Stage]:
+        """x → y as the stages the row-band engine runs: ``enh.forw_enh``, ``inv``, ``g_a``, the first and
+        the last on channels-last maps on the CPU (``tiling.in_onednn_layout``)."""
+        return [*in_onednn_layout(self.enh.forw_enh.stages()), *self.inv.stages(), *in_onednn_layout(self.g_a.stages())]
+
+    def synthesis_stages(self, clamp: bool) -> List[Stage]:
+        """ŷ → x̂ as stages: ``g_s``, ``inv.reverse``, ``enh.back_enh`` (with the decoder's clamps)."""
+        g_s = in_onednn_layout(self.g_s.stages())
+        if clamp:
+            g_s[-1] = then(g_s[-1], lambda t: t.clamp(0, 1))
+        return [*g_s, *self.inv.stages(reverse=True), *in_onednn_layout(self.enh.back_enh.stages(clamp))]
 
     def _transform_precision(self, t: Tensor) -> contextlib.AbstractContextManager:
-        """bf16 autocast for the main transforms when ``bf16_transforms`` is set and autograd is off."""
-        if self._bf16_active():
+        """bf16 autocast for the main transforms of inference when ``bf16_transforms`` is set."""
+        if self.bf16_transforms:
             return torch.autocast(t.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -240,9 +241,9 @@ class ICWEM(CompressionModel):
 
     def _latent_rows(self, height: int, width: int, device: Optional[torch.device] = None) -> int:
         """Latent rows per band of the entropy-parameter networks on ``device`` (default the CPU); 0:
-        whole (autograd, or one band)."""
+        whole (one band)."""
         rows = self.latent_tile if self.latent_tile is not None else latent_band_rows(self.tile, width, device)
-        return rows if 0 < rows < height and not torch.is_grad_enabled() else 0
+        return rows if 0 < rows < height else 0
 
     def _hyper(self, nets: nn.Module, z_hat: Tensor) -> Tuple[Tensor, Tensor]:
         """``nets.hyper_synthesis(ẑ)``, streamed over latent rows for a large latent (same values)."""
@@ -250,25 +251,17 @@ class ICWEM(CompressionModel):
         rows = self._latent_rows(z_hat.shape[-2] * f, z_hat.shape[-1] * f, z_hat.device)
         if not rows:
             return nets.hyper_synthesis(z_hat)
-        return tuple(stream_rows(hyper_stages(h), z_hat, rows, unit=f) for h in (nets.h_mean_s, nets.h_scale_s))
+        return tuple(stream_rows(h.stages(), z_hat, rows, unit=f) for h in (nets.h_mean_s, nets.h_scale_s))
 
     @staticmethod
     def _run_nets(nets: Sequence[nn.Module], inputs: Sequence[Tensor], rows: int) -> Tensor:
         """The networks ``nets`` in sequence on the channel concatenation of ``inputs``; with ``rows``,
         streamed over bands of that many latent rows (models/tiling.py), so that their inner maps
         exist one band at a time and equal the whole latent's to float rounding."""
-        if not rows:
-            x = inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=1)
-            for net in nets:
-                x = net(x)
-            return x
-        native = isinstance(nets[0], NativeNet)  # the last slice's mean side: the model's own networks
-        stages = []
-        for net in nets:
-            net = net.net if native else net
-            stages += swatten_stages(net) if isinstance(net[0], SWAtten) else parameter_net_stages(net)
-        out = stream_rows(stages, [nets[0].inward(t) for t in inputs] if native else inputs, rows)
-        return nets[0].outward(out) if native else out
+        stages = [stage for net in nets for stage in net.stages()]
+        if rows:
+            return stream_rows(stages, inputs, rows)
+        return run_stages(stages, inputs[0] if len(inputs) == 1 else torch.cat(inputs, dim=1))
 
     def _code_slices(
         self,
@@ -279,6 +272,7 @@ class ICWEM(CompressionModel):
         nets: Optional[nn.Module] = None,
         keep_parameters: bool = True,
         y_hat_dtype: Optional[torch.dtype] = None,
+        rows: int = 0,
     ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
         """Run the channel-wise entropy model over all slices; returns ŷ, μ and σ (slices concatenated;
         μ and σ are None without ``keep_parameters``: coding needs neither once a slice is coded, and
@@ -290,10 +284,10 @@ class ICWEM(CompressionModel):
         SWAtten and mean / scale / LRP networks to run (default: this model's own; real coding passes
         their float64 copy, see :meth:`_parameter_path`). ``y_hat_dtype``: the returned ŷ's dtype (default:
         the slices' own), filled slice by slice so the float64 slices are never concatenated as well.
+        ``rows``: stream the networks over bands of that many latent rows (0: the whole latent).
         """
         nets = self if nets is None else nets
         H, W = y_hw
-        rows = self._latent_rows(H, W, latent_means.device)
         y_hat_slices: List[Tensor] = []
         means: List[Tensor] = []
         scales: List[Tensor] = []
@@ -327,8 +321,12 @@ class ICWEM(CompressionModel):
             raise ValueError(f"input size {h}x{w} is not a multiple of {f}; pad it first (utils.padding)")
 
     # ------------------------------------------------------------------ training / estimation
-    def forward(self, x: Tensor, decoder_clamp: bool = False) -> Dict:
+    def forward(self, x: Tensor, decoder_clamp: bool = False, inference: bool = False) -> Dict:
         """Training / estimation pass.
+
+        ``inference`` runs the transforms and the entropy-parameter networks as coding does (channels-last,
+        in bands for a large image: bounded memory), for an estimate outside autograd; False (training)
+        runs them whole, as autograd needs them.
 
         ``decoder_clamp`` applies the decoder's clamps of g_s's output and of x̂ to [0, 1] (see
         :meth:`synthesis`) with straight-through gradients, so that a model trained with it is scored on
@@ -340,7 +338,7 @@ class ICWEM(CompressionModel):
         float32 with autocast off, on float32 copies of y, z, μ and σ: the rate term is as exact as in
         a float32 run, and a likelihood cannot underflow to 0 (an infinite rate) in 16 bits.
         """
-        y = self.analysis(x)
+        y = self.analysis(x, inference)
         z = self.h_a(y)
         with _full_precision(z):
             z = _float32(z)
@@ -359,13 +357,14 @@ class ICWEM(CompressionModel):
                 y_likelihoods.append(likelihood)
                 return quantize_ste(y_slices[i] - mu) + mu
 
-        y_hat, means, scales = self._code_slices(latent_means, latent_scales, y.shape[-2:], round_slice)
+        rows = self._latent_rows(*y.shape[-2:], y.device) if inference else 0
+        y_hat, means, scales = self._code_slices(latent_means, latent_scales, y.shape[-2:], round_slice, rows=rows)
         out = {
             "likelihoods": {"y": torch.cat(y_likelihoods, dim=1), "z": z_likelihoods},
             "para": {"means": means, "scales": scales, "y": y},
         }
         if not decoder_clamp:
-            out["x_hat"] = self.synthesis(y_hat)
+            out["x_hat"] = self.synthesis(y_hat, inference=inference)
             return out
         # The decoder clamps g_s's output before the inverse INN: what falls outside [0, 1] there is lost.
         # The straight-through clamp lets the loss see that picture; range_loss (the squared distance of
@@ -435,7 +434,9 @@ class ICWEM(CompressionModel):
                 check.add(q[b], index[b])
             return self.gaussian_conditional.dequantize(q, mu)
 
-        y_hat, _, _ = self._code_slices(latent_means, latent_scales, y.shape[-2:], code_slice, nets, False, z_hat.dtype)
+        rows = self._latent_rows(*y.shape[-2:], z_in.device)
+        y_hat, _, _ = self._code_slices(latent_means, latent_scales, y.shape[-2:], code_slice, nets, False, z_hat.dtype,
+                                        rows)
         out = {"strings": [[e.finish() for e in encoders], z_strings], "shape": z.shape[-2:],
                "checks": [c.value() for c in checks]}
         if return_y_hat:
@@ -480,11 +481,12 @@ class ICWEM(CompressionModel):
                 check.add(q[b], index[b])
             return self.gaussian_conditional.dequantize(q, mu)
 
-        y_hat, _, _ = self._code_slices(latent_means, latent_scales, y_hw, decode_slice, nets, False, z_hat.dtype)
+        rows = self._latent_rows(*y_hw, z_in.device)
+        y_hat, _, _ = self._code_slices(latent_means, latent_scales, y_hw, decode_slice, nets, False, z_hat.dtype, rows)
         del latent_means, latent_scales, nets  # two whole-latent float64 maps, not needed by the synthesis
         # A large image: its synthesis needs the float64 copy's memory (340 MiB for the published model)
         # more than the next coding, which rebuilds it.
-        if self._latent_rows(*y_hw, z_in.device):
+        if rows:
             release_parameter_nets(self)
         y_hat = y_hat.to(z_hat.device)
         x_hat = self.synthesis(y_hat, clamp=True)

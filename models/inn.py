@@ -7,12 +7,14 @@ coupling layers. ``forward`` runs before g_a; ``reverse`` (the exact inverse) ru
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+from .tiling import Stage, conv_radius, conv_step, run_stages
 
 
 def pointwise_conv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
@@ -118,6 +120,11 @@ class AffineCoupling(nn.Module):
         y2 = x2 * self._scale(g1) + h1
         return torch.cat((y1, y2), dim=1)
 
+    def context_rows(self) -> int:
+        """Rows read on each side, either direction: the second half reads the first half's output
+        through a subnet (k×k, 1×1, k×k), so two subnets' radii."""
+        return 2 * (conv_radius(self.G1.conv1) + (self.G1.conv3.kernel_size[0] - 1) // 2)
+
     def reverse(self, y: Tensor) -> Tensor:
         y1, y2 = y[:, :1], y[:, 1:]
         g1, h1 = _subnet_pair(self.G1, self.H1, y1)
@@ -163,6 +170,10 @@ class InvertibleConv1x1(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return pointwise_conv(x, self.weight)
 
+    def context_rows(self) -> int:
+        """A pointwise mix reads no row around its own."""
+        return 0
+
     def inverse_weight(self) -> Tensor:
         w = self.weight
         if torch.is_grad_enabled() and w.requires_grad:
@@ -188,12 +199,18 @@ class InvertibleNetwork(nn.Module):
             ops.extend(AffineCoupling(k) for _ in range(couplings_per_level))
         self.operations = nn.ModuleList(ops)
 
+    def stages(self, reverse: bool = False) -> List[Stage]:
+        """One stage per operation (``reverse``: the inverse's, last operation first), so that streamed
+        each coupling computes only its own 2·(k − 1) rows of context again, not the network's 72."""
+        ops = list(reversed(self.operations)) if reverse else list(self.operations)
+        return [Stage(op.reverse if reverse else op, conv_step(op.context_rows())) for op in ops]
+
+    def context_rows(self) -> int:
+        """Rows read on each side, either direction (72 for the published INN)."""
+        return sum(op.context_rows() for op in self.operations)
+
     def forward(self, x: Tensor) -> Tensor:
-        for op in self.operations:
-            x = op(x)
-        return x
+        return run_stages(self.stages(), x)
 
     def reverse(self, y: Tensor) -> Tensor:
-        for op in reversed(self.operations):
-            y = op.reverse(y)
-        return y
+        return run_stages(self.stages(reverse=True), y)

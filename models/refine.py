@@ -23,7 +23,7 @@ file: only which symbols are coded changes, so any decoder of this project reads
   (models/entropy/parameters.py); a value that is a whole number of steps from μ rounds to the same symbol
   however μ moves in its last bits, so the file codes the symbols that were scored.
 * **Memory.** Gradients flow through the whole model at once (the row bands of models/tiling.py stream
-  inference only), so memory grows with the pixels: images above ``max_pixels`` are refused with one
+  ``inference=True`` only), so memory grows with the pixels: images above ``max_pixels`` are refused with one
   line before any work (``check_size``; the limit comes from measurements, see ``GIB_PER_MEGAPIXEL``).
 """
 
@@ -178,7 +178,7 @@ def objective(
         return y_q
 
     y_hat, _, _ = model._code_slices(latent_means, latent_scales, y.shape[-2:], quantise, keep_parameters=False)
-    x_hat = model.synthesis(y_hat, clamp=True)  # the decoder's picture, its two clamps included
+    x_hat = model.synthesis(y_hat, clamp=True, inference=False)  # the decoder's picture, its two clamps included
     h, w = region
     mse = (x_hat[..., :h, :w] - x[..., :h, :w]).square().mean()
     bpp = (bits + sum(slice_bits)) / (x.shape[0] * h * w)
@@ -314,8 +314,8 @@ def compress_refined(
     if lmbda is None:
         raise UserError("--refine needs the λ the model was trained for, and this checkpoint does not record one; "
                         "pass it as --refine-lambda")
-    with torch.no_grad():  # the analysis as compress runs it (no autograd: streamed, same values)
-        y = model.analysis(x)
+    with torch.no_grad():  # the analysis as compress runs it (streamed, same values)
+        y = model.analysis(x, inference=True)
         z = model.h_a(y)
     max_seconds = None if options.max_minutes is None else 60.0 * options.max_minutes
     refined = refine_latents(model, x, y, z, lmbda, options.iterations, region, max_seconds,

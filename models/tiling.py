@@ -1,12 +1,13 @@
-"""Row-band streaming of the analysis and synthesis transforms: any image size in bounded memory.
+"""The row-band engine: any stack of blocks that say how they stream runs over any image size in
+bounded memory.
 
-Only the latent (1/16 of each side) has to exist whole; every layer of ``enh → inv → g_a`` and of
-``g_s → inv⁻¹ → enh`` is local along the rows, so both transforms can run over bands of rows at full
-width and give the whole image's values (to float rounding). Instead of one big halo per band for the
-whole chain, each *stage* (one layer: a TCB, a strided residual block, the INN, ...) keeps the few rows
-of its own input that its next band needs again. Nothing is computed twice except those rows, so the
-redundant work stays a few percent while peak memory is a band, not the image: it grows with the width,
-never with the height.
+A block that streams gives its computation as a list of *stages* (``stages()``, beside its ``forward``,
+which runs the same stages on the whole map): each stage is a function and the rule of which output
+rows it computes exactly from given input rows (``Step``). The engine here knows no block: ``run_stages``
+runs a stack on the whole map, ``stream_rows`` over bands of rows at full width, where each stage keeps
+the few rows of its own input that its next band needs again. Nothing is computed twice except those
+rows, so the redundant work stays a few percent while peak memory is a band, not the image: it grows
+with the width, never with the height. Only the latent (1/16 of each side) has to exist whole.
 
 When is an output row of a stage exact? A stage sees its input rows ``[p, q)`` of a map of height H
 (rows outside ``[0, H)`` are the zero padding the whole map sees too). Composing these rules, in the
@@ -30,8 +31,9 @@ blocks of five chained 3×3 convolutions, one 3×3 between them), the INN 72 row
 k = 5, 5, 3, 3), a strided residual block 2 rows of its output, a TCB up to one window (8 rows, its
 shifted half 4) and its 3×3 pair 2 rows. Chained without caching, these contexts would add up to a
 halo of 240 image rows on each side of every band (``chain_halo``) — why the stages stream instead.
-An enhancement block streams one convolution at a time (``enh_stages``) and the INN one operation
-at a time (``inn_stages``), so each layer repeats its own context, not the block's 11 or the INN's 72.
+An enhancement block streams one convolution at a time (``EnhBlock.stages``) and the INN one operation
+at a time (``InvertibleNetwork.stages``), so each layer repeats its own context, not the block's 11 or
+the INN's 72.
 
 Columns are never split, so every band has the whole map's column windows; the attention is the same
 code as for the whole map (``models/attention.py`` pads and masks a band exactly like a map).
@@ -41,19 +43,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
-from math import lcm
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from compressai.layers import ResidualBlockUpsample, ResidualBlockWithStride
 from torch import Tensor
-
-from .blocks import SWAtten, ConvTransBlock
-from .enhance import DenseBlock, EnhBlock
-from .inn import AffineCoupling, InvertibleNetwork
 
 # Default band: about this many image pixels (rows = BAND_PIXELS // width), so that peak memory stays
 # the same for any width up to BAND_PIXELS / MIN_BAND_ROWS; chosen by benchmarks/large_images.py.
@@ -67,6 +63,33 @@ GPU_BYTES_PER_PIXEL = 5 << 9
 
 # (lo, hi, H): exact rows [lo, hi) of a map of H rows -> the same after one step of a layer.
 Step = Callable[[int, int, int], Tuple[int, int, int]]
+
+# What passes between stages: one map, or a tuple of maps of one height that a block keeps side by side
+# (an enhancement block's input beside its dense features, SWAtten's projection beside its Swin branch)
+# instead of concatenating them along the channels, which would copy them at every stage.
+Map = Union[Tensor, Tuple[Tensor, ...]]
+
+
+def map_height(m: Map) -> int:
+    return (m if isinstance(m, Tensor) else m[0]).shape[-2]
+
+
+def map_rows(m: Map, start: int, stop: Optional[int] = None) -> Map:
+    """Rows [start, stop) of every map in ``m`` (views)."""
+    if isinstance(m, Tensor):
+        return m[..., start:stop, :]
+    return tuple(t[..., start:stop, :] for t in m)
+
+
+def map_clone(m: Map) -> Map:
+    return m.clone() if isinstance(m, Tensor) else tuple(t.clone() for t in m)
+
+
+def map_cat_rows(a: Map, b: Map) -> Map:
+    """``b``'s rows below ``a``'s."""
+    if isinstance(a, Tensor):
+        return torch.cat((a, b), dim=-2)
+    return tuple(torch.cat(pair, dim=-2) for pair in zip(a, b))
 
 
 def conv_step(radius: int) -> Step:
@@ -124,7 +147,7 @@ def both(a: Step, b: Step) -> Step:
 class Stage:
     """One layer of a streamed transform: its function, its exactness rule and the band alignment."""
 
-    fn: Callable[[Tensor], Tensor]
+    fn: Callable[[Map], Map]
     rule: Step
     align: int = 1  # a band must start on a multiple of this (input rows)
     scale: Fraction = field(default=Fraction(1))  # output rows per input row
@@ -144,134 +167,35 @@ class Stage:
         return p
 
 
-# ------------------------------------------------------------------------------ stages of ICWEM
-def _conv_radius(conv: nn.Conv2d) -> int:
+# ------------------------------------------------------------------------------ helpers for blocks' stages
+def conv_radius(conv: nn.Conv2d) -> int:
+    """Rows a 'same' stride-1 convolution reads on each side of an output row."""
     k = conv.kernel_size[0]
     assert conv.stride == (1, 1) and k % 2 == 1 and conv.padding[0] == k // 2, "expected a 'same' odd conv"
     return k // 2
 
 
-def _dense_radius(block: DenseBlock) -> int:
-    """Each of the five convolutions reads the previous one's output: their radii add up."""
-    return sum(_conv_radius(c) for c in (block.conv1, block.conv2, block.conv3, block.conv4, block.conv5))
+def chain_radius(module: nn.Module) -> int:
+    """Rows of context of a chain of convolutions (residual units included): their radii add up."""
+    return sum(m.kernel_size[0] // 2 for m in module.modules() if isinstance(m, nn.Conv2d))
 
 
-def enh_radius(block: EnhBlock) -> int:
-    """Rows of context an enhancement block reads on each side (11 for the published blocks)."""
-    return sum(_dense_radius(m) if isinstance(m, DenseBlock) else _conv_radius(m) for m in block.layers)
+def then(stage: Stage, after: Callable[[Map], Map]) -> Stage:
+    """``stage`` followed by a pointwise function (an activation, a clamp, a cast): same rule."""
+    fn = stage.fn
+    return replace(stage, fn=lambda x: after(fn(x)))
 
 
-def _operation_radius(op: nn.Module) -> int:
-    """Rows of context of one INN operation, either direction: an affine coupling's second half reads
-    the first half's output through a subnet (k×k, 1×1, k×k), so it reads two subnets' radii; the
-    invertible 1×1 convolutions read nothing around them."""
-    if not isinstance(op, AffineCoupling):
-        return 0
-    subnet = op.G1
-    return 2 * (_conv_radius(subnet.conv1) + (subnet.conv3.kernel_size[0] - 1) // 2)
+def before(stage: Stage, first: Callable[[Map], Map]) -> Stage:
+    """A pointwise function (a layout, a cast), then ``stage``: same rule."""
+    fn = stage.fn
+    return replace(stage, fn=lambda x: fn(first(x)))
 
 
-def inn_radius(inn: InvertibleNetwork) -> int:
-    """Rows of context the INN reads on each side, either direction (72 for the published INN)."""
-    return sum(_operation_radius(op) for op in inn.operations)
-
-
-def inn_stages(inn: InvertibleNetwork, reverse: bool = False) -> List[Stage]:
-    """The INN (or its inverse) streamed one operation at a time: each coupling computes only its own
-    2·(k − 1) rows of context again for a piece, not the whole network's 72."""
-    ops = list(reversed(inn.operations)) if reverse else list(inn.operations)
-    return [Stage(op.reverse if reverse else op, conv_step(_operation_radius(op))) for op in ops]
-
-
-def _tcb_rule(block: ConvTransBlock) -> Tuple[Step, int]:
-    msa = block.trans_block.msa
-    conv_half = chain(conv_step(1), conv_step(1))  # ResidualBlock: two 3×3 convolutions
-    return both(conv_half, window_step(msa.window_size, msa.shift)), msa.window_size
-
-
-def layer_stage(module: nn.Module) -> Stage:
-    """The stage of one layer of g_a or g_s (TCB, strided / upsampling residual block, last conv)."""
-    if isinstance(module, ConvTransBlock):
-        rule, align = _tcb_rule(module)
-        return Stage(module, rule, align)
-    if isinstance(module, ResidualBlockWithStride):
-        assert module.conv1.stride == (2, 2)
-        return Stage(module, chain(strided_conv_step, conv_step(1)), 2, Fraction(1, 2))
-    if isinstance(module, ResidualBlockUpsample):  # sub-pixel conv, 3×3 conv; skip: sub-pixel conv
-        return Stage(module, chain(conv_step(1), shuffle_step, conv_step(1)), 1, Fraction(2))
-    if isinstance(module, nn.Conv2d) and module.stride == (2, 2):
-        assert module.kernel_size == (3, 3) and module.padding == (1, 1)
-        return Stage(module, strided_conv_step, 2, Fraction(1, 2))
-    if isinstance(module, nn.Sequential) and isinstance(module[-1], nn.PixelShuffle):  # subpel_conv3x3
-        assert module[-1].upscale_factor == 2
-        return Stage(module, chain(conv_step(_conv_radius(module[0])), shuffle_step), 1, Fraction(2))
-    raise TypeError(f"no row-band rule for {type(module).__name__}")
-
-
-def _clamped(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    return lambda x: fn(x).clamp(0, 1)
-
-
-# An enhancement block's dense buffers hold up to 195 channels at full resolution: its stages compute
-# this share of a band at a time, so that they need no more memory than the half-resolution TCBs.
-ENH_SHARE = Fraction(1, 2)
-
-
-def enh_stages(block: EnhBlock, clamp: bool = False) -> List[Stage]:
-    """An enhancement block streamed one 3×3 convolution at a time (``x + 0.2 · layers(x)``).
-
-    As one stage the block would compute its whole 11-row context again for every piece; as a stage
-    per convolution each repeats only its own row on either side. The maps passed between the stages
-    carry the block's input x in their first channels (for the residual), then the dense features,
-    and are channels-last on the CPU: oneDNN then convolves them without first copying its input to another
-    layout (a copy as large as the input). The last stage returns a contiguous NCHW map.
-    """
-    db1, *middle, db2 = block.layers
-    assert isinstance(db1, DenseBlock) and isinstance(db2, DenseBlock)
-    c = db1.conv1.in_channels  # x's channels, carried in front
-    dense = (db1.conv1, db1.conv2, db1.conv3, db1.conv4), (db2.conv1, db2.conv2, db2.conv3, db2.conv4)
-
-    def stage(fn: Callable[[Tensor], Tensor], *convs: nn.Conv2d) -> Stage:
-        return Stage(fn, conv_step(sum(_conv_radius(conv) for conv in convs)), share=ENH_SHARE)
-
-    def grow(conv: nn.Conv2d, act: nn.Module, skip: int) -> Callable[[Tensor], Tensor]:
-        return lambda t: torch.cat((t, act(conv(t[:, skip:]))), dim=1)
-
-    grow_first = grow(db1.conv1, db1.act, 0)
-
-    def first(t: Tensor) -> Tensor:
-        return grow_first(onednn_layout(t))
-
-    def middle_layers(t: Tensor) -> Tensor:
-        h = t[:, c:]
-        for layer in middle:
-            h = layer(h)
-        return torch.cat((t[:, :c], h), dim=1)
-
-    def last(t: Tensor) -> Tensor:
-        x = t[:, :c] + 0.2 * db2.conv5(t[:, c:])
-        return (x.clamp(0, 1) if clamp else x).contiguous()
-
-    return [
-        stage(first, db1.conv1),
-        *(stage(grow(conv, db1.act, 0), conv) for conv in dense[0][1:]),
-        stage(lambda t: torch.cat((t[:, :c], db1.conv5(t)), dim=1), db1.conv5),
-        stage(middle_layers, *middle),
-        *(stage(grow(conv, db2.act, c), conv) for conv in dense[1]),
-        stage(last, db2.conv5),
-    ]
-
-
-def transform_stages(layers: nn.Sequential) -> List[Stage]:
-    """The layers of g_a or g_s, run on channels-last maps on the CPU: oneDNN convolves those without first
-    copying each input to its own layout, and a TCB's Swin half is then a plain NHWC map (no copies
-    around its LayerNorms and windows). Measured with ``benchmarks/side_by_side.py``. The last layer
-    hands back a contiguous NCHW map, as the layers themselves do."""
-    stages = [layer_stage(m) for m in layers]
-    first, last = stages[0].fn, stages[-1].fn
-    stages[0].fn = lambda t: first(onednn_layout(t))
-    stages[-1].fn = lambda t: last(t).contiguous()
-    return stages
+def beside(stage: Stage) -> Stage:
+    """``stage`` on the last map of a tuple, the maps before it carried along unchanged: same rule."""
+    fn = stage.fn
+    return replace(stage, fn=lambda m: (*m[:-1], fn(m[-1])))
 
 
 def onednn_layout(t: Tensor) -> Tensor:
@@ -280,30 +204,28 @@ def onednn_layout(t: Tensor) -> Tensor:
     return t.contiguous(memory_format=torch.channels_last) if t.device.type == "cpu" else t
 
 
-def analysis_stages(model: nn.Module) -> List[Stage]:
-    """x → y: ``enh.forw_enh``, ``inv``, then every layer of ``g_a``."""
-    return [*enh_stages(model.enh.forw_enh), *inn_stages(model.inv), *transform_stages(model.g_a)]
+def in_onednn_layout(stages: Sequence[Stage]) -> List[Stage]:
+    """Stages run on channels-last maps on the CPU (``onednn_layout``), handing back a contiguous NCHW map
+    as the blocks themselves do: oneDNN convolves those without first copying each input to its own
+    layout, and a TCB's Swin half is then a plain NHWC map (no copies around its LayerNorms and
+    windows). Measured with ``benchmarks/side_by_side.py``. The values are the blocks' own."""
+    stages = list(stages)
+    stages[0] = before(stages[0], onednn_layout)
+    stages[-1] = then(stages[-1], lambda t: t.contiguous())
+    return stages
 
 
-def synthesis_stages(model: nn.Module, clamp: bool) -> List[Stage]:
-    """ŷ → x̂: every layer of ``g_s``, ``inv.reverse``, ``enh.back_enh`` (with the decoder's clamps)."""
-    stages = transform_stages(model.g_s)
-    if clamp:
-        stages[-1].fn = _clamped(stages[-1].fn)
-    return stages + inn_stages(model.inv, reverse=True) + enh_stages(model.enh.back_enh, clamp)
 
-
-def run_stages(stages: Sequence[Stage], x: Tensor) -> Tensor:
+def run_stages(stages: Sequence[Stage], x: Map) -> Map:
     """The stages on the whole map at once (an image small enough for one band)."""
     for stage in stages:
         x = stage.fn(x)
     return x
 
 
-# ------------------------------------------------------------------------------ entropy-parameter stages
-# The latent's networks stream too (bounded memory for large images): h_mean_s / h_scale_s are layers
-# of the kinds above; a slice's SWAtten and mean / scale / LRP networks are cut into the stages below.
-# Their bands are counted in latent rows.
+# ------------------------------------------------------------------------------ band heights
+# The latent's networks stream too (bounded memory for large images): h_mean_s / h_scale_s, a slice's
+# SWAtten and mean / scale / LRP networks. Their bands are counted in latent rows.
 LATENT_BAND_PIXELS = 1 << 13  # latent pixels per band (rows = this / latent width), like BAND_PIXELS
 MIN_LATENT_BAND_ROWS = 16
 
@@ -322,64 +244,6 @@ def latent_band_rows(tile: Optional[int], width: int, device: Optional[torch.dev
     if device is not None and device.type == "cuda":
         return gpu_rows(device, width, GPU_BYTES_PER_LATENT_PIXEL, MIN_LATENT_BAND_ROWS)
     return max(MIN_LATENT_BAND_ROWS, LATENT_BAND_PIXELS // width)
-
-
-def _chain_radius(module: nn.Module) -> int:
-    """Rows of context of a chain of convolutions (residual units included): their radii add up."""
-    return sum(m.kernel_size[0] // 2 for m in module.modules() if isinstance(m, nn.Conv2d))
-
-
-def swatten_stages(block: nn.Module) -> List[Stage]:
-    """SWAtten as three stages over channel-stacked maps: ``t = in_conv(x)`` with the W Swin block
-    (→ [t, u]), the SW Swin block (→ [t, s]), then ``out_conv(conv_a(t) · sigmoid(conv_b(s)) + t)``
-    (models/blocks.py ``SWAtten.forward``), whose two branches read ``_chain_radius`` rows each."""
-    att = block[0] if isinstance(block, nn.Sequential) else block
-    assert isinstance(att, SWAtten)
-    pair = att.non_local_block
-    msa_1, msa_2 = pair.block_1.msa, pair.block_2.msa
-    n = att.in_conv.out_channels
-
-    def swin(swin_block: nn.Module, t: Tensor) -> Tensor:
-        return swin_block(t.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-    def first(x: Tensor) -> Tensor:
-        t = att.in_conv(x)
-        return torch.cat((t, swin(pair.block_1, t)), dim=1)
-
-    def second(tu: Tensor) -> Tensor:
-        return torch.cat((tu[:, :n], swin(pair.block_2, tu[:, n:])), dim=1)
-
-    def last(ts: Tensor) -> Tensor:
-        t, s = ts[:, :n], ts[:, n:]
-        return att.out_conv(att.conv_a(t) * torch.sigmoid(att.conv_b(s)) + t)
-
-    radius = max(_chain_radius(att.conv_a), _chain_radius(att.conv_b))
-    return [
-        Stage(first, window_step(msa_1.window_size, msa_1.shift), msa_1.window_size),
-        Stage(second, window_step(msa_2.window_size, msa_2.shift), msa_2.window_size),
-        Stage(last, conv_step(radius)),
-    ]
-
-
-def parameter_net_stages(net: nn.Sequential) -> List[Stage]:
-    """A mean / scale / LRP network (3×3 convolutions with GELU between them): one stage per
-    convolution, its activation included."""
-    stages: List[Stage] = []
-    for layer in net:
-        if isinstance(layer, nn.Conv2d):
-            stages.append(Stage(layer, conv_step(_conv_radius(layer))))
-        else:  # a pointwise activation: joins the convolution before it
-            stages[-1] = Stage(_then(stages[-1].fn, layer), stages[-1].rule)
-    return stages
-
-
-def _then(fn: Callable[[Tensor], Tensor], after: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    return lambda x: after(fn(x))
-
-
-def hyper_stages(h_s: nn.Sequential) -> List[Stage]:
-    """h_mean_s / h_scale_s: ẑ → latent, every layer a stage (upsampling residual block, TCBs, sub-pixel conv)."""
-    return [layer_stage(m) for m in h_s]
 
 
 def chain_halo(stages: Sequence[Stage], start: int = 1 << 16) -> Fraction:
@@ -448,7 +312,7 @@ class _StageStream:
         # at a time (upsampling stages receive ever taller pieces from the stages before them).
         self.min_rows = max(1, 3 * band // 4)
         self.max_rows = max(1, 3 * band // 2)
-        self.buffer: Optional[Tensor] = None
+        self.buffer: Optional[Map] = None
         self.start = 0  # input row held in buffer row 0
         self.done = 0  # output rows emitted so far
 
@@ -456,17 +320,17 @@ class _StageStream:
     def finished(self) -> bool:
         return self.done == self.out_height
 
-    def feed(self, rows: Optional[Tensor]) -> None:
+    def feed(self, rows: Optional[Map]) -> None:
         """Append input rows; the caller drops its reference, so they exist once."""
-        if rows is not None and rows.shape[-2]:
-            self.buffer = rows if self.buffer is None else torch.cat((self.buffer, rows), dim=-2)
+        if rows is not None and map_height(rows):
+            self.buffer = rows if self.buffer is None else map_cat_rows(self.buffer, rows)
 
-    def emit(self, last: bool) -> Optional[Tensor]:
+    def emit(self, last: bool) -> Optional[Map]:
         """Up to ``max_rows`` output rows that became exact (None while fewer than ``min_rows`` have,
         or none at all once the input is complete)."""
         if self.buffer is None:
             return None
-        end = self.start + self.buffer.shape[-2]
+        end = self.start + map_height(self.buffer)
         assert end <= self.height and (end == self.height or not last)
         lo, hi = self.stage.exact(self.start, end, self.height)
         if hi - self.done < (1 if last else self.min_rows):
@@ -477,14 +341,14 @@ class _StageStream:
         # Only the input those rows need: rows past it (a window stage's partial window) wait for the
         # next call instead of being computed now and again then.
         end = self._input_end(hi, end)
-        out = self.stage.fn(self.buffer[..., :end - self.start, :])
+        out = self.stage.fn(map_rows(self.buffer, 0, end - self.start))
         first = int(self.start * self.stage.scale)
-        emitted = out[..., self.done - first:hi - first, :]
-        if emitted.shape[-2] < out.shape[-2]:
-            emitted = emitted.clone()  # a view would keep all of ``out`` alive downstream
+        emitted = map_rows(out, self.done - first, hi - first)
+        if map_height(emitted) < map_height(out):
+            emitted = map_clone(emitted)  # a view would keep all of ``out`` alive downstream
         self.done = hi
         keep = self.stage.context_start(hi, self.height)
-        self.buffer = None if self.finished else self.buffer[..., keep - self.start:, :].clone()
+        self.buffer = None if self.finished else map_clone(map_rows(self.buffer, keep - self.start))
         self.start = keep
         return emitted
 
@@ -496,7 +360,7 @@ class _StageStream:
         return q
 
 
-def _pump(streams: Sequence[_StageStream], box: List[Tensor], last: bool, sink: Callable[[Tensor], None]) -> None:
+def _pump(streams: Sequence[_StageStream], box: List[Map], last: bool, sink: Callable[[Tensor], None]) -> None:
     """Feed the rows in ``box`` (handed over: taken out of it) to the first stream and pass each piece
     it emits down the rest, depth first, so that no stage holds more than a band or so at a time.
     ``last``: no more input will come."""

@@ -1,5 +1,5 @@
-"""Row-band streaming (models/tiling.py): equal to the whole image at every band boundary, bitstreams
-independent of the band height, memory bounded by the band."""
+"""Row-band streaming (models/tiling.py, the blocks' ``stages``): equal to the whole image at every band
+boundary, bitstreams independent of the band height, memory bounded by the band."""
 
 from __future__ import annotations
 
@@ -9,30 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from compressai.layers import ResidualBlockUpsample, ResidualBlockWithStride
 from PIL import Image
 
 from conftest import photo
 from models import ICWEM, load_checkpoint
-from models.blocks import ConvTransBlock
+from models.blocks import ConvTransBlock, StridedConv, StridedResidualBlock, UpsamplingResidualBlock
 from models.enhance import EnhBlock
 from models.inn import InvertibleNetwork
 from models.tiling import (
-    BAND_PIXELS,
-    MIN_BAND_ROWS,
-    Stage,
-    analysis_stages,
-    chain_halo,
-    conv_step,
-    enh_radius,
-    enh_stages,
-    inn_radius,
-    inn_stages,
-    latent_band_rows,
-    layer_stage,
-    swatten_stages,
-    stream_rows,
-    synthesis_stages,
+    BAND_PIXELS, MIN_BAND_ROWS, Stage, chain_halo, conv_step, in_onednn_layout, latent_band_rows, map_height,
+    run_stages, stream_rows,
 )
 from utils.coding.bitstream import pack, unpack
 from utils.coding.codec import decode_bitstream, encode_image
@@ -61,7 +47,7 @@ def _streamed_vs_whole(stage: Stage, x: torch.Tensor, rows: int) -> float:
 def test_tcb_bands_equal_the_whole_map_at_every_boundary_position(shifted):
     """Bands of 1..17 rows put the band edges at every row of the 8-row windows and their shift."""
     block = _perturbed(ConvTransBlock(dim=8, head_dim=4, window_size=8, shifted=shifted))
-    stage = layer_stage(block)
+    (stage,) = block.stages()
     x = torch.randn(1, 16, 45, 19)  # odd sides: padded windows at the bottom and right
     worst = max(_streamed_vs_whole(stage, x, rows) for rows in range(1, 18))
     assert worst <= 1e-5
@@ -69,7 +55,7 @@ def test_tcb_bands_equal_the_whole_map_at_every_boundary_position(shifted):
 
 @pytest.mark.parametrize("shifted", [False, True])
 def test_a_tcb_on_a_channels_last_map_equals_it_on_nchw(shifted):
-    """Inference runs g_a and g_s channels-last (``transform_stages``): the TCB then computes its
+    """Inference runs g_a and g_s channels-last (``in_onednn_layout``): the TCB then computes its
     halves as two convolutions and hands back a channels-last map with the same values."""
     block = _perturbed(ConvTransBlock(dim=8, head_dim=4, window_size=8, shifted=shifted))
     x = torch.randn(1, 16, 21, 19)
@@ -80,12 +66,12 @@ def test_a_tcb_on_a_channels_last_map_equals_it_on_nchw(shifted):
 
 
 @pytest.mark.parametrize("make", [
-    lambda: ResidualBlockWithStride(6, 8, stride=2),
-    lambda: ResidualBlockUpsample(6, 8, 2),
-    lambda: torch.nn.Conv2d(6, 8, 3, stride=2, padding=1),
+    lambda: StridedResidualBlock(6, 8, stride=2),
+    lambda: UpsamplingResidualBlock(6, 8, 2),
+    lambda: StridedConv(6, 8),
 ])
 def test_resampling_bands_equal_the_whole_map(make):
-    stage = layer_stage(_perturbed(make()))
+    (stage,) = _perturbed(make()).stages()
     x = torch.randn(1, 6, 38, 11)
     assert max(_streamed_vs_whole(stage, x, rows) for rows in (1, 2, 3, 5, 8, 13)) <= 1e-5
 
@@ -94,8 +80,8 @@ def test_enh_and_inn_bands_equal_the_whole_image():
     enh = _perturbed(EnhBlock(channels=8, growth=4))
     inn = _perturbed(InvertibleNetwork())
     x = torch.rand(1, 3, 200, 9)
-    for stage in (Stage(enh, conv_step(enh_radius(enh))), Stage(inn, conv_step(inn_radius(inn))),
-                  Stage(inn.reverse, conv_step(inn_radius(inn)))):
+    for stage in (Stage(enh, conv_step(enh.context_rows())), Stage(inn, conv_step(inn.context_rows())),
+                  Stage(inn.reverse, conv_step(inn.context_rows()))):
         assert max(_streamed_vs_whole(stage, x, rows) for rows in (7, 30, 64)) <= 1e-5
 
 
@@ -108,7 +94,7 @@ def test_enh_streamed_conv_by_conv_equals_the_block(clamp):
     with torch.no_grad():
         whole = enh(x).clamp(0, 1) if clamp else enh(x)
         for rows in (1, 2, 5, 16, 40):
-            out = stream_rows(enh_stages(enh, clamp), x, rows)
+            out = stream_rows(in_onednn_layout(enh.stages(clamp)), x, rows)
             assert out.is_contiguous() and (out - whole).abs().max() <= 1e-5, rows
 
 
@@ -119,24 +105,24 @@ def test_inn_streamed_operation_by_operation_equals_the_network(reverse):
     with torch.no_grad():
         whole = inn.reverse(x) if reverse else inn(x)
         for rows in (1, 3, 10, 33):
-            assert (stream_rows(inn_stages(inn, reverse), x, rows) - whole).abs().max() <= 1e-5, rows
+            assert (stream_rows(inn.stages(reverse), x, rows) - whole).abs().max() <= 1e-5, rows
 
 
 def test_a_too_small_context_is_caught():
     """The tests above can fail: claiming a radius one row short of the truth breaks equality."""
     enh = _perturbed(EnhBlock(channels=8, growth=4))
     x = torch.rand(1, 3, 120, 9)
-    exact = _streamed_vs_whole(Stage(enh, conv_step(enh_radius(enh))), x, 16)
-    short = _streamed_vs_whole(Stage(enh, conv_step(enh_radius(enh) - 1)), x, 16)
+    exact = _streamed_vs_whole(Stage(enh, conv_step(enh.context_rows())), x, 16)
+    short = _streamed_vs_whole(Stage(enh, conv_step(enh.context_rows() - 1)), x, 16)
     assert exact <= 1e-5 < 10 * exact < short
 
 
 def test_halo_derivation_of_the_published_architecture():
     model = ICWEM()
-    assert enh_radius(model.enh.forw_enh) == 11  # 5 + 1 + 5 rows of 3×3 convolutions
-    assert inn_radius(model.inv) == 72  # 3 couplings × 2 subnets × (k − 1), k = 5, 5, 3, 3
-    assert chain_halo(analysis_stages(model)) == 240  # 15 rows of y
-    assert chain_halo(synthesis_stages(model, clamp=True)) * 16 == 253
+    assert model.enh.forw_enh.context_rows() == 11  # 5 + 1 + 5 rows of 3×3 convolutions
+    assert model.inv.context_rows() == 72  # 3 couplings × 2 subnets × (k − 1), k = 5, 5, 3, 3
+    assert chain_halo(model.analysis_stages()) == 240  # 15 rows of y
+    assert chain_halo(model.synthesis_stages(clamp=True)) * 16 == 253
 
 
 # ------------------------------------------------------------------------- the tiny model end to end
@@ -168,16 +154,28 @@ def test_streamed_analysis_and_synthesis_equal_the_whole_image(tiny_model, image
         assert (tiny_model.synthesis(y, clamp=True) - x_hat).abs().max() <= TOLERANCE
 
 
-def test_inference_stages_equal_the_modules(tiny_model, image):
-    """Outside autograd the transforms run as their stages (layouts of models/tiling.py) even on the
-    whole image; training runs the modules. Both give y and x̂ to float rounding, in NCHW."""
+def test_inference_equals_training_on_the_same_blocks(tiny_model, image):
+    """Inference runs the blocks' stages channels-last (models/tiling.py ``in_onednn_layout``) even on
+    the whole image; training runs the same blocks' ``forward`` on NCHW maps. Both give y and x̂ to float
+    rounding, in NCHW, whatever autograd's state."""
     with torch.no_grad():
-        y = _with_tile(tiny_model, 0).analysis(image)
-        x_hat = tiny_model.synthesis(y, clamp=True)
+        y = _with_tile(tiny_model, 0).analysis(image, inference=True)
+        x_hat = tiny_model.synthesis(y, clamp=True, inference=True)
         assert y.is_contiguous() and x_hat.is_contiguous()
-    with torch.enable_grad():
-        assert (tiny_model.analysis(image) - y).abs().max() <= TOLERANCE
-        assert (tiny_model.synthesis(y, clamp=True) - x_hat).abs().max() <= TOLERANCE
+        assert (tiny_model.analysis(image, inference=False) - y).abs().max() <= TOLERANCE
+        assert (tiny_model.synthesis(y, clamp=True, inference=False) - x_hat).abs().max() <= TOLERANCE
+
+
+def test_each_block_forward_is_its_stages_on_the_whole_map(tiny_model, image):
+    """One definition per block: ``forward`` runs the very stages the row-band engine streams."""
+    swatten, net = tiny_model.atten_scale[2][0], tiny_model.cc_mean_transforms[1]
+    blocks = [(tiny_model.enh.forw_enh, image), (swatten, torch.randn(1, swatten.in_conv.in_channels, 20, 12)),
+              (net, torch.randn(1, net[0].in_channels, 20, 12))]
+    with torch.no_grad():
+        for block, x in blocks:
+            assert torch.equal(block(x), run_stages(block.stages(), x))
+        assert torch.equal(tiny_model.inv(image), run_stages(tiny_model.inv.stages(), image))
+        assert torch.equal(tiny_model.inv.reverse(image), run_stages(tiny_model.inv.stages(reverse=True), image))
 
 
 def test_compress_writes_the_same_bytes_at_any_band_height(tiny_model, image):
@@ -217,28 +215,27 @@ def test_a_streamed_decode_drops_the_float64_copy_and_the_next_rebuilds_it(tiny_
     assert torch.equal(first["x_hat"], again["x_hat"]) and first["checks"] == again["checks"]
 
 
-def test_inference_streams_above_the_band_height_and_never_under_autograd(tiny_model, image, monkeypatch):
+def test_inference_streams_above_the_band_height_and_training_never(tiny_model, image, monkeypatch):
     import models.icwem as icwem
 
     calls = []
     monkeypatch.setattr(icwem, "stream_rows", lambda stages, x, rows: calls.append(rows) or torch.zeros(0))
     with torch.no_grad():
-        _with_tile(tiny_model, 64).analysis(image)
-        _with_tile(tiny_model, 320).analysis(image)  # 320 rows: one band is the whole image
-        _with_tile(tiny_model, 0).analysis(image)
-    assert calls == [64]
-    _with_tile(tiny_model, 64)
-    tiny_model.analysis(image[..., :64, :64])  # autograd on: training is never streamed
+        _with_tile(tiny_model, 64).analysis(image, inference=True)
+        _with_tile(tiny_model, 320).analysis(image, inference=True)  # 320 rows: one band is the whole image
+        _with_tile(tiny_model, 0).analysis(image, inference=True)
+        assert calls == [64]
+        _with_tile(tiny_model, 64).analysis(image, inference=False)  # training: never streamed, autograd or not
     assert calls == [64]
 
 
 def test_stages_see_bands_not_the_image(tiny_model):
     """Memory is bounded by the band: no stage ever gets more rows than a band and its context."""
     heights = []
-    stages = analysis_stages(tiny_model)
+    stages = tiny_model.analysis_stages()
     for stage in stages:
         fn = stage.fn
-        stage.fn = lambda x, fn=fn: heights.append(x.shape[-2]) or fn(x)
+        stage.fn = lambda x, fn=fn: heights.append(map_height(x)) or fn(x)
     x = torch.rand(1, 3, 640, 64)
     with torch.no_grad():
         stream_rows(stages, x, 64)
@@ -294,7 +291,9 @@ def _parameters(model, latents, latent_tile: int):
         nets, z_in = model._parameter_path(z_hat)
         slices = y.double().chunk(model.num_slices, dim=1)
         hyper = model._hyper(nets, z_in)
-        out = model._code_slices(*hyper, tuple(y.shape[-2:]), lambda i, mu, sigma: torch.round(slices[i] - mu) + mu, nets)
+        rows = model._latent_rows(*y.shape[-2:])
+        out = model._code_slices(*hyper, tuple(y.shape[-2:]), lambda i, mu, sigma: torch.round(slices[i] - mu) + mu,
+                                 nets, rows=rows)
     return (*hyper, *out)
 
 
@@ -332,10 +331,10 @@ def test_a_file_coded_with_latent_bands_decodes_whole_and_the_reverse(tiny_model
 
 def test_swatten_stages_see_bands_not_the_latent(tiny_model):
     heights = []
-    stages = swatten_stages(tiny_model.atten_scale[2])
+    stages = tiny_model.atten_scale[2].stages()
     for stage in stages:
         fn = stage.fn
-        stage.fn = lambda x, fn=fn: heights.append(x.shape[-2]) or fn(x)
+        stage.fn = lambda x, fn=fn: heights.append(map_height(x)) or fn(x)
     x = torch.randn(1, tiny_model.atten_scale[2][0].in_conv.in_channels, 200, 12)
     with torch.no_grad():
         streamed = stream_rows(stages, x, 16)

@@ -21,10 +21,12 @@ import copy
 import math
 import time
 import weakref
-from typing import Dict, Tuple, Union
+from typing import Dict, List, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+
+from ..tiling import Stage, before, then
 from torch.nn import functional as F
 
 # The networks between ẑ and the entropy coder: what decides the symbols' tables.
@@ -88,6 +90,13 @@ class NativeNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.outward(self.net(self.inward(x)))
+
+    def stages(self) -> List[Stage]:
+        """The network's own stages, taking and giving float64 maps."""
+        stages = self.net.stages()
+        stages[0] = before(stages[0], self.inward)
+        stages[-1] = then(stages[-1], self.outward)
+        return stages
 
 
 # Per model, its float64 copies by device, each with the weights token it was built from.

@@ -75,7 +75,7 @@ def estimate(model: nn.Module, rgb_uint8: np.ndarray) -> tuple[float, np.ndarray
     start = time.perf_counter()
     with torch.inference_mode(), full_float32():
         x, padding = pad_image(to_tensor(rgb_uint8).to(device))
-        out = model(x)
+        out = model(x, inference=True)  # as coding runs the transforms: in bands for a large image
         bits = float(sum(-torch.log2(likelihoods).sum() for likelihoods in out["likelihoods"].values()))
         reconstruction = to_uint8(crop(out["x_hat"], padding))
     return bits / (height * width), reconstruction, time.perf_counter() - start
