@@ -1,10 +1,12 @@
 """Encode one image to an .icwem file, or decode an .icwem file to a PNG, with an ICWEM checkpoint.
 
-    python codec.py encode IMAGE -o FILE.icwem [--quality 1..4 | --checkpoint CK] [--refine N]
+    python codec.py encode IMAGE -o FILE.icwem [--quality 1..4 | --checkpoint CK [--quality Q]] [--refine N]
     python codec.py decode FILE.icwem -o OUT.png [--checkpoint CK]
 
 Without --checkpoint, encode uses the shipped model of --quality (default: the middle rate point) and
-decode finds the shipped model by the fingerprint the file records. encode --refine N optimises the
+decode finds the shipped model by the fingerprint the file records. A variable-rate checkpoint
+(models/variable_rate.py) codes at any --quality Q in [1, K], fractional ones included (default: the
+middle); its files record Q (format version 4) and decode needs no flag for it. encode --refine N optimises the
 image's latents for N iterations before coding them (docs/refinement.md): a smaller file at the same
 quality, decoded by the same decode; --refine-minutes bounds its time, and images above its memory
 limit are refused before any work.
@@ -25,9 +27,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
-from utils.cli import add_max_pixels_argument, add_refine_arguments, add_tile_argument, run_cli
+from utils.cli import add_max_pixels_argument, add_refine_arguments, add_tile_argument, positive_number, run_cli
 from utils.coding.bitstream import DEFAULT_MAX_PIXELS, pixel_limit_problem, read_file, write_file
 from utils.errors import UserError
 
@@ -42,8 +44,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     enc.add_argument("input", help="image file (PNG, JPEG, WebP, BMP, TIFF, ...)")
     enc.add_argument("-o", "--output", required=True, help=".icwem file to write")
     enc.add_argument("--checkpoint", help="ICWEM checkpoint or shipped model name (default: the shipped model of --quality)")
-    enc.add_argument("--quality", type=int, default=None,
-                     help="shipped model's rate point, 1 (smallest files) to the highest (default: the middle one)")
+    enc.add_argument("--quality", type=positive_number("quality"), default=None,
+                     help="shipped model's rate point, 1 (smallest files) to the highest (default: the middle one); "
+                          "with a variable-rate --checkpoint (or shipped model) any number in [1, K]")
     add_tile_argument(enc)
     add_bf16_argument(enc)
     add_cuda_argument(enc)
@@ -92,15 +95,15 @@ def apply_speed_options(model, args: argparse.Namespace) -> None:
     model.bf16_transforms = args.bf16 == "on" or (args.bf16 == "auto" and bf16_native())
 
 
-def encoder_checkpoint(args: argparse.Namespace) -> str:
-    """--checkpoint if given (then --quality makes no sense), else the shipped model of --quality."""
+def encoder_checkpoint(args: argparse.Namespace) -> Tuple[str, Optional[float]]:
+    """The checkpoint to encode with and the quality to pass it: --checkpoint with --quality (a
+    variable-rate checkpoint's, checked once it is loaded), else the shipped model of --quality."""
     from models.zoo import default_quality, shipped_by_quality
 
     if args.checkpoint is not None:
-        if args.quality is not None:
-            raise UserError("give --checkpoint or --quality, not both (--quality picks a shipped model)")
-        return args.checkpoint
-    return str(shipped_by_quality(args.quality if args.quality is not None else default_quality()))
+        return args.checkpoint, args.quality
+    path, quality = shipped_by_quality(args.quality if args.quality is not None else default_quality())
+    return str(path), quality
 
 
 def decoder_checkpoint(args: argparse.Namespace, fingerprint: bytes) -> str:
@@ -127,14 +130,19 @@ def encode(args: argparse.Namespace) -> int:
     from models.refine import RefineOptions
     from utils.coding.codec import encode_image
 
-    model = load_checkpoint(encoder_checkpoint(args), map_location=coding_device(args))
+    checkpoint, quality = encoder_checkpoint(args)
+    model = load_checkpoint(checkpoint, map_location=coding_device(args))
+    if quality is not None and not model.rate_points:
+        raise UserError(f"--quality with --checkpoint needs a variable-rate checkpoint; {checkpoint} is fixed-rate: "
+                        "give --checkpoint or --quality, not both (--quality then picks a shipped model)")
     apply_speed_options(model, args)
     refine = RefineOptions(args.refine, args.refine_lambda, args.refine_minutes, progress=True)
-    bs, stats = encode_image(model, rgb, refine)  # an image too large to refine is refused before any work
+    bs, stats = encode_image(model, rgb, refine, quality)  # an image too large to refine is refused before any work
     num_bytes = write_file(args.output, bs)
     print(
         f"{args.output}: {bs.width}x{bs.height}, {num_bytes} bytes, {stats['bpp']:.4f} bpp "
         f"(header and checksum included), encoded in {stats['encode_s']:.2f} s"
+        + (f" at quality {bs.quality:g}" if bs.quality is not None else "")
     )
     if "refine" in stats:
         r = stats["refine"]

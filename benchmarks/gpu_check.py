@@ -305,7 +305,7 @@ def across_devices_section(check: Check) -> Dict[str, object]:
         models = {"cpu": seeded_model(check.preset, cpu), "gpu": seeded_model(check.preset, check.device)}
         name, (width, height) = check.preset, check.sizes[0]
     else:
-        path = shipped_by_quality(3)
+        path, _ = shipped_by_quality(3)
         models = {"cpu": load_checkpoint(path), "gpu": load_checkpoint(path, map_location=check.device)}
         name, (width, height) = path.name, (768, 512)
     rgb = photo(width, height)

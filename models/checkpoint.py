@@ -14,6 +14,7 @@ from utils.errors import UserError
 
 from .config import config_from_state_dict, validate_config
 from .icwem import ICWEM
+from .variable_rate import check_lambdas
 from .zoo import resolve_checkpoint
 
 
@@ -86,10 +87,32 @@ def model_from_state_dict(sd: Mapping[str, Tensor], config: Optional[Mapping] = 
     return model
 
 
+def variable_rate_from_fixed(sd: Mapping[str, Tensor], config: Mapping, lambdas, reference: float) -> ICWEM:
+    """A variable-rate model (``config`` with ``rate_points`` = len(``lambdas``)) holding a fixed-rate
+    state dict's weights, its gains set to sqrt(λ_k / ``reference``): the λ the weights were trained
+    for gets gain 1, their own quantiser (models/variable_rate.py). Every other key must fit exactly."""
+    lambdas = check_lambdas(lambdas)
+    model = ICWEM(**validate_config(config, "model config"))
+    if model.rate_points != len(lambdas):
+        raise UserError(f"{len(lambdas)} λs for a model of {model.rate_points} rate points")
+    fixed_rate = ICWEM(**{k: v for k, v in model.config.items() if k not in ("rate_points", "rate_gain")})
+    problem = _mismatch_message(fixed_rate, sd)
+    if problem:
+        raise UserError(f"checkpoint does not fit ICWEM: {problem}")
+    del fixed_rate
+    missing, unexpected = model.load_state_dict(dict(sd), strict=False)
+    assert not unexpected and all(k.startswith("rate_gain.") for k in missing), (missing, unexpected)
+    model.rate_gain.init_from_lambdas(lambdas, reference)
+    return model
+
+
 def trained_lambda(obj: Mapping) -> Optional[float]:
     """The MSE λ a checkpoint was trained for: a shipped file's ``lambda``, a training checkpoint's
-    ``args["lmbda"]`` (unless it trained for MS-SSIM, whose λ weighs another distortion); else None."""
+    ``args["lmbda"]`` (unless it trained for MS-SSIM, whose λ weighs another distortion, or for a
+    range of λs, ``args["lambdas"]``: a variable-rate model); else None."""
     args = obj.get("args") if isinstance(obj.get("args"), Mapping) else {}
+    if args.get("lambdas"):
+        return None
     value = obj.get("lambda", args.get("lmbda") if args.get("type", "mse") == "mse" else None)
     try:
         value = float(value)

@@ -39,6 +39,12 @@ class ModelConfig:
     enh_channels: int = 64
     dense_growth: int = 32
     drop_path_rate: float = 0.0  # training only: stochastic depth, not part of a preset
+    # Variable rate (models/variable_rate.py): K learned rate points (K >= 2) of a gain on y, per channel
+    # ("channel") or one per point ("scalar"). 0: a fixed-rate model, every published and shipped one;
+    # then neither field is written out (``as_dict``), so configurations, checkpoints and fingerprints
+    # of fixed-rate models are what they were before the option existed.
+    rate_points: int = 0
+    rate_gain: str = "channel"
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -47,11 +53,18 @@ class ModelConfig:
                 object.__setattr__(self, f.name, tuple(value))
         if self.M % self.num_slices:
             raise ValueError(f"M={self.M} is not divisible by num_slices={self.num_slices}")
+        if self.rate_points and (self.rate_points < 2 or self.rate_gain not in ("channel", "scalar")):
+            raise ValueError(f"rate_points must be 0 (fixed rate) or at least 2 with rate_gain 'channel' or "
+                             f"'scalar', got {self.rate_points} and {self.rate_gain!r}")
 
     def as_dict(self, training: bool = True) -> dict:
         """Field by field in declaration order, sequences as lists; ``training=False`` leaves out
-        ``drop_path_rate`` (the presets and published-shape inference describe the architecture only)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self) if training or f.name != "drop_path_rate"}
+        ``drop_path_rate`` (the presets and published-shape inference describe the architecture only).
+        A fixed-rate configuration leaves out the variable-rate fields."""
+        skip = set() if training else {"drop_path_rate"}
+        if not self.rate_points:
+            skip |= {"rate_points", "rate_gain"}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
@@ -151,6 +164,9 @@ def config_from_state_dict(sd: Mapping[str, Tensor]) -> dict:
             enh_channels=sd["enh.forw_enh.layers.1.weight"].shape[0],
             dense_growth=sd["enh.forw_enh.layers.0.conv1.weight"].shape[0],
         )
+        if "rate_gain.log_steps" in sd:  # a variable-rate model (models/variable_rate.py)
+            cfg["rate_points"] = sd["rate_gain.log_steps"].shape[0] + 1
+            cfg["rate_gain"] = "scalar" if sd["rate_gain.log_base"].shape[0] == 1 else "channel"
     except (KeyError, IndexError, ZeroDivisionError) as exc:
         raise UserError(f"not an ICWEM state dict: cannot infer the configuration (missing or odd tensor {exc})") from None
     # The published models keep max_support_slices = 5 with 5 slices; any value >= num_slices - 1 is equivalent.

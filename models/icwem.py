@@ -29,6 +29,7 @@ from .entropy import (
     scale_indexes, update_tables, z_symbols,
 )
 from .tiling import Stage, band_rows, in_onednn_layout, latent_band_rows, run_stages, stream_rows, then
+from .variable_rate import RateGain, check_quality, coder_domain, dequantize, slice_gains
 
 # Buffers that update() derives from the parameters; left out of the fingerprint so that it does not
 # depend on whether update() has run.
@@ -89,6 +90,9 @@ class ICWEM(CompressionModel):
         enh_channels: width of the feature-attention blocks.
         dense_growth: growth channels of their dense blocks.
         drop_path_rate: stochastic depth over the g_a / g_s TCBs (linearly increasing), training only.
+        rate_points, rate_gain: 0 (fixed rate), or K ≥ 2 learned rate points of a gain on y, per channel
+            or scalar: a variable-rate model whose ``forward``, ``compress`` and ``decompress`` take a
+            ``quality`` in [1, K] (models/variable_rate.py).
 
     Inputs are ``B×3×H×W`` in [0, 1] with H and W multiples of :attr:`downsampling_factor` (64);
     ``utils.padding`` pads arbitrary images to that.
@@ -176,11 +180,34 @@ class ICWEM(CompressionModel):
         self.cc_scale_transforms = nn.ModuleList(ParameterNet(ch, param_hidden, slice_ch) for ch in support_ch)
         self.lrp_transforms = nn.ModuleList(ParameterNet(ch + slice_ch, param_hidden, slice_ch) for ch in support_ch)
         self.gaussian_conditional = GaussianConditional(None)
+        self.rate_points = cfg.rate_points
+        if cfg.rate_points:  # only a variable-rate model has it: fixed-rate state dicts are unchanged
+            self.rate_gain = RateGain(cfg.rate_points, M if cfg.rate_gain == "channel" else 1)
 
     # ------------------------------------------------------------------ shared pieces
     def _num_support(self, i: int) -> int:
         """How many decoded slices condition slice i."""
         return i if self.max_support_slices < 0 else min(i, self.max_support_slices)
+
+    @property
+    def default_quality(self) -> Optional[float]:
+        """The middle of a variable-rate model's qualities [1, K]; None for a fixed-rate model."""
+        return (1 + self.rate_points) / 2 if self.rate_points else None
+
+    def _quality(self, quality: Optional[float]) -> Optional[float]:
+        """The quality to code at: ``quality`` (None: ``default_quality``) for a variable-rate model; None
+        for a fixed-rate model, which refuses one."""
+        if not self.rate_points:
+            if quality is not None:
+                raise ValueError("a quality is for variable-rate models; this model is fixed-rate")
+            return None
+        return check_quality(self.default_quality if quality is None else quality, self.rate_points)
+
+    def _slice_gains(self, quality: Optional[float], like: Tensor) -> List[Optional[Tensor]]:
+        """Per slice, y's gain at ``quality`` (see ``_quality``) in ``like``'s dtype and device; all None
+        for a fixed-rate model."""
+        quality = self._quality(quality)
+        return slice_gains(None if quality is None else self.rate_gain(quality), self.num_slices, like)
 
     def _band_rows(self, height: int, width: int, device: Optional[torch.device] = None) -> int:
         """Image rows per band for this image size on ``device`` (default the CPU); 0: whole (it fits in
@@ -321,8 +348,9 @@ class ICWEM(CompressionModel):
             raise ValueError(f"input size {h}x{w} is not a multiple of {f}; pad it first (utils.padding)")
 
     # ------------------------------------------------------------------ training / estimation
-    def forward(self, x: Tensor, decoder_clamp: bool = False, inference: bool = False) -> Dict:
-        """Training / estimation pass.
+    def forward(self, x: Tensor, decoder_clamp: bool = False, inference: bool = False,
+                quality: Optional[float] = None) -> Dict:
+        """Training / estimation pass (``quality``: a variable-rate model's, see ``_slice_gains``).
 
         ``inference`` runs the transforms and the entropy-parameter networks as coding does (channels-last,
         in bands for a large image: bounded memory), for an estimate outside autograd; False (training)
@@ -348,14 +376,16 @@ class ICWEM(CompressionModel):
         latent_means, latent_scales = self.hyper_synthesis(z_hat)
 
         y_slices = _float32(y).chunk(self.num_slices, dim=1)
+        gains = self._slice_gains(quality, y_slices[0])
         y_likelihoods: List[Tensor] = []
 
         def round_slice(i: int, mu: Tensor, sigma: Tensor) -> Tensor:
             with _full_precision(mu):
                 mu, sigma = _float32(mu), _float32(sigma)
-                _, likelihood = self.gaussian_conditional(y_slices[i], sigma, means=mu)
+                y_c, mu_c, sigma_c = coder_domain(gains[i], y_slices[i], mu, sigma)
+                _, likelihood = self.gaussian_conditional(y_c, sigma_c, means=mu_c)
                 y_likelihoods.append(likelihood)
-                return quantize_ste(y_slices[i] - mu) + mu
+                return dequantize(gains[i], quantize_ste(y_c - mu_c), mu)
 
         rows = self._latent_rows(*y.shape[-2:], y.device) if inference else 0
         y_hat, means, scales = self._code_slices(latent_means, latent_scales, y.shape[-2:], round_slice, rows=rows)
@@ -394,21 +424,24 @@ class ICWEM(CompressionModel):
         return parameter_nets(self, device), z_hat.to(device, PORTABLE_DTYPE)
 
     @full_float32()  # no TF32 on a GPU: its pictures then differ from a CPU's by float32 rounding only
-    def compress(self, x: Tensor, return_y_hat: bool = False, chunk_symbols: Optional[int] = CHUNK_SYMBOLS) -> Dict:
+    def compress(self, x: Tensor, return_y_hat: bool = False, chunk_symbols: Optional[int] = CHUNK_SYMBOLS,
+                 quality: Optional[float] = None) -> Dict:
         """Code each image of the batch into one y string (all slices) and one z string.
 
         y's symbols go to the coder slice by slice, in independent rANS streams of ``chunk_symbols``
         symbols (``models/entropy/rans_chunks.py``; None: one stream). ``checks`` holds, per image, the
         CRC-32 of the symbols and scale indexes the decoder must rebuild (``entropy.CoderCheck``);
-        ``return_y_hat`` also returns the encoder's own ŷ.
+        ``return_y_hat`` also returns the encoder's own ŷ. ``quality``: a variable-rate model's (the
+        decoder needs the same), see ``_slice_gains``.
         """
         rans_tables(self.gaussian_conditional)  # fails before the analysis, not after it
+        self._quality(quality)  # so does a quality the model cannot take
         y = self.analysis(x)
         del x  # a caller that passes the image without keeping it (encode_image) frees it for the coding
-        return self.compress_latents(y, None, return_y_hat, chunk_symbols)
+        return self.compress_latents(y, None, return_y_hat, chunk_symbols, quality)
 
     def compress_latents(self, y: Tensor, z: Optional[Tensor] = None, return_y_hat: bool = False,
-                         chunk_symbols: Optional[int] = CHUNK_SYMBOLS) -> Dict:
+                         chunk_symbols: Optional[int] = CHUNK_SYMBOLS, quality: Optional[float] = None) -> Dict:
         """What :meth:`compress` does after its analysis transform: code the latent ``y`` and the
         hyper-latent ``z`` (default ``h_a(y)``). Encode-time refinement (models/refine.py) passes its own
         y and z here, so a refined file goes through the same portable parameters, coder check and
@@ -422,17 +455,19 @@ class ICWEM(CompressionModel):
         latent_means, latent_scales = self._hyper(nets, z_in)
 
         y_slices = y.chunk(self.num_slices, dim=1)  # each made float64 when coded, not the whole latent
+        gains = self._slice_gains(quality, z_in)
         z_q = z_symbols(self.entropy_bottleneck, z_hat)
-        checks = [CoderCheck(z_q[b]) for b in range(batch)]
+        checks = [CoderCheck(z_q[b], self._quality(quality)) for b in range(batch)]
         encoders = [ChunkedEncoder(tables, chunk_symbols) for _ in range(batch)]
 
         def code_slice(i: int, mu: Tensor, sigma: Tensor) -> Tensor:
-            q = self.gaussian_conditional.quantize(y_slices[i].to(mu.device, mu.dtype), "symbols", mu)
-            index = scale_indexes(sigma)
+            y_c, mu_c, sigma_c = coder_domain(gains[i], y_slices[i].to(mu.device, mu.dtype), mu, sigma)
+            q = self.gaussian_conditional.quantize(y_c, "symbols", mu_c)
+            index = scale_indexes(sigma_c)
             for b, (encoder, check) in enumerate(zip(encoders, checks)):
                 encoder.encode(q[b], index[b])  # one stream per image: slice order, then C order
                 check.add(q[b], index[b])
-            return self.gaussian_conditional.dequantize(q, mu)
+            return dequantize(gains[i], q, mu)
 
         rows = self._latent_rows(*y.shape[-2:], z_in.device)
         y_hat, _, _ = self._code_slices(latent_means, latent_scales, y.shape[-2:], code_slice, nets, False, z_hat.dtype,
@@ -445,7 +480,7 @@ class ICWEM(CompressionModel):
 
     @full_float32()
     def decompress(self, strings: Sequence[Sequence[bytes]], shape: Sequence[int], legacy: bool = False,
-                   chunk_symbols: Optional[int] = CHUNK_SYMBOLS) -> Dict:
+                   chunk_symbols: Optional[int] = CHUNK_SYMBOLS, quality: Optional[float] = None) -> Dict:
         """Inverse of :meth:`compress`: rebuilds the same entropy parameters and decodes ŷ, then x̂.
 
         Every string is checked and each rANS stream given a zero guard first (``entropy.rans_guard``),
@@ -455,7 +490,9 @@ class ICWEM(CompressionModel):
         implementation's): float32 parameters and CompressAI's own tables, as their encoder had them.
         Without it such strings raise ``ForeignStrings`` (a ``ValueError``), as does any decode that
         gives a picture with NaN. Which file versions need which options: ``utils.coding.codec``.
+        ``quality``: the encoder's (a variable-rate model's, see ``_slice_gains``).
         """
+        self._quality(quality)  # a quality the model cannot take fails before any work
         eb, gc = legacy_coders(self) if legacy else (self.entropy_bottleneck, self.gaussian_conditional)
         tables = rans_tables(gc)
         y_strings, z_strings = strings
@@ -472,14 +509,16 @@ class ICWEM(CompressionModel):
         nets, z_in = (self, z_hat) if legacy else self._parameter_path(z_hat)
         latent_means, latent_scales = self._hyper(nets, z_in)
         z_q = z_symbols(self.entropy_bottleneck, z_hat)
-        checks = [CoderCheck(z_q[b]) for b in range(len(y_strings))]
+        checks = [CoderCheck(z_q[b], self._quality(quality)) for b in range(len(y_strings))]
+        gains = self._slice_gains(quality, z_in)
 
         def decode_slice(i: int, mu: Tensor, sigma: Tensor) -> Tensor:
+            (sigma,) = coder_domain(gains[i], sigma)
             index = gc.build_indexes(sigma) if legacy else scale_indexes(sigma)
             q = torch.stack([decoder.decode(index[b]) for b, decoder in enumerate(decoders)]).to(mu.device)
             for b, check in enumerate(checks):
                 check.add(q[b], index[b])
-            return self.gaussian_conditional.dequantize(q, mu)
+            return dequantize(gains[i], q, mu)
 
         rows = self._latent_rows(*y_hw, z_in.device)
         y_hat, _, _ = self._code_slices(latent_means, latent_scales, y_hw, decode_slice, nets, False, z_hat.dtype, rows)

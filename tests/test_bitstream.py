@@ -116,8 +116,31 @@ def test_bad_magic():
 
 def test_unsupported_version():
     data = bytearray(pack(_bitstream()))
-    data[5] = 4
-    assert "version 4" in _unpack_error(bytes(data))
+    data[5] = 5
+    assert "version 5" in _unpack_error(bytes(data))
+
+
+def test_version_4_round_trip_records_the_quality():
+    bs = dataclasses.replace(_bitstream(), version=4, quality=2.75)
+    data = pack(bs)
+    assert data.startswith(MAGIC + b"\x04") and struct.unpack_from("<d", data, 54) == (2.75,)
+    assert len(data) == HEADER_BYTES + 8 + 300 + 40 + 4 == file_size(bs)
+    assert unpack(data) == bs
+
+
+def test_fixed_rate_files_stay_version_3_without_a_quality():
+    assert pack(_bitstream()) == pack(dataclasses.replace(_bitstream(), version=3, quality=None))
+    with pytest.raises(ValueError, match="only in version 4"):
+        pack(dataclasses.replace(_bitstream(), quality=2.0))
+    with pytest.raises(ValueError, match="quality"):
+        pack(dataclasses.replace(_bitstream(), version=4))
+
+
+@pytest.mark.parametrize("quality", [float("nan"), float("inf"), 0.0, -1.0, 0.5, 255.01])
+def test_a_crafted_quality_is_a_header_error(quality):
+    body = bytearray(pack(dataclasses.replace(_bitstream(), version=4, quality=2.0))[:-4])
+    body[54:62] = struct.pack("<d", quality)
+    assert _unpack_error(_with_crc(bytes(body))).startswith("corrupted header: quality")
 
 
 def test_checksum_mismatch():

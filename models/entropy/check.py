@@ -7,8 +7,9 @@ decode that diverged from the encoder ends in an error, never in a silently wron
 
 from __future__ import annotations
 
+import struct
 import zlib
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -42,14 +43,20 @@ def check_z_strings(eb: EntropyBottleneck, z_hat: Tensor, strings: Sequence[byte
 
 class CoderCheck:
     """CRC-32 of what the decoder must rebuild for one image: z's symbols, then y's symbols and scale
-    indexes (slice order, C order within a slice), each as little-endian int32.
+    indexes (slice order, C order within a slice), each as little-endian int32. A variable-rate model's
+    ``quality`` (models/variable_rate.py) enters after z's symbols as a little-endian float64: it decides
+    how the symbols are dequantised, and where σ·g sits at the table's floor it changes no index, so
+    without it a file whose quality was altered would decode to a wrong picture. Fixed-rate models
+    (``quality`` None) have the check they always had.
 
     Built slice by slice as the slices are coded, so that no whole-latent list of symbols has to be
     kept: symbols enter the CRC at once, and indexes (0..63) wait as one byte each until ``value``.
     """
 
-    def __init__(self, z_symbols: Tensor) -> None:
+    def __init__(self, z_symbols: Tensor, quality: Optional[float] = None) -> None:
         self._crc = _crc_int32(z_symbols, 0)
+        if quality is not None:
+            self._crc = zlib.crc32(struct.pack("<d", quality), self._crc)
         self._indexes: List[Tensor] = []
 
     def add(self, symbols: Tensor, indexes: Tensor) -> None:

@@ -1,6 +1,6 @@
 """The ``.icwem`` file: one coded image, self-describing and checksummed.
 
-Layout (little-endian), version 3::
+Layout (little-endian), version 3 (fixed-rate models; version 4 adds the quality, below)::
 
     offset  size  field
          0     5  magic b"ICWEM"
@@ -19,7 +19,13 @@ Layout (little-endian), version 3::
 y_string holds y's symbols as independent rANS streams of 2^20 symbols each
 (``models/entropy/rans_chunks.py``): the byte lengths of all but the last stream (u32 each), then the
 streams. An image with at most 2^20 latent symbols (about 1.3 megapixels with the published model) has
-one stream and no lengths. Version 2 is the same with y as one rANS stream however large the image;
+one stream and no lengths.
+
+Version 4 is written for a variable-rate model (``models/variable_rate.py``) and only for one: version 3
+with the quality Q the image was coded at (float64, offset 54) after the coder check, so its strings
+start at offset 62. A reader accepts only a finite Q in [1, MAX_QUALITY]; the decoder then requires a
+variable-rate checkpoint with Q in its range [1, K] (``utils/coding/codec.py``). Files of fixed-rate
+models stay version 3, byte for byte as before. Version 2 is the same with y as one rANS stream however large the image;
 version 1 is version 2 without the coder check (the strings start at offset 50), its strings coded
 as the original implementation coded them (float32 parameters, CompressAI's tables). Both are still
 read (``utils/coding/codec.py: decoder_options``).
@@ -46,8 +52,11 @@ from ..errors import UserError
 PathLike = Union[str, Path]
 
 MAGIC = b"ICWEM"
-VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+VERSION = 3  # what a fixed-rate model's files are
+VARIABLE_RATE_VERSION = 4  # what a variable-rate model's files are: version 3 and the quality
+READABLE_VERSIONS = (1, 2, 3, 4)
+# The largest quality a version-4 header may hold: a bound on the number of rate points of any model.
+MAX_QUALITY = 255.0
 FINGERPRINT_BYTES = 16
 # The padded image must be a multiple of the model's total downsampling (y: 16, z: 64).
 PAD_MULTIPLE = 64
@@ -55,6 +64,7 @@ MAX_SIDE = 65535
 
 _HEADERS = {1: struct.Struct("<5sB16sII4H2HII"), 2: struct.Struct("<5sB16sII4H2HIII")}
 _HEADERS[3] = _HEADERS[2]
+_HEADERS[4] = struct.Struct("<5sB16sII4H2HIIId")
 _HEADER = _HEADERS[VERSION]
 _CRC = struct.Struct("<I")
 HEADER_BYTES = _HEADER.size
@@ -71,7 +81,8 @@ class Bitstream:
     ``pad`` is (top, bottom, left, right) pixels added to reach a multiple of 64; ``z_shape`` is the
     hyper-latent's spatial size, which the decoder needs before it can decode ``z_string``. ``check``
     is the coder check (``models.entropy.CoderCheck``); None for a version-1 file, which has none.
-    ``version`` says how ``y_string`` is laid out (see the module docstring).
+    ``version`` says how ``y_string`` is laid out (see the module docstring). ``quality``: the quality a
+    variable-rate model coded the image at (version 4 only); None in every other version.
     """
 
     height: int
@@ -83,15 +94,20 @@ class Bitstream:
     fingerprint: bytes
     check: Optional[int] = None
     version: int = VERSION
+    quality: Optional[float] = None
 
 
 def pack(bs: Bitstream) -> bytes:
-    """Serialise a ``Bitstream`` to the bytes of an ``.icwem`` file of its version, 2 or 3 (see the module docstring)."""
+    """Serialise a ``Bitstream`` to the bytes of an ``.icwem`` file of its version, 2 to 4 (see the module docstring)."""
     problem = _geometry_problem(bs.height, bs.width, bs.pad, bs.z_shape)
     if problem is None and len(bs.fingerprint) != FINGERPRINT_BYTES:
         problem = f"fingerprint must be {FINGERPRINT_BYTES} bytes, got {len(bs.fingerprint)}"
-    if problem is None and bs.version not in (2, 3):
-        problem = f"can only write format versions 2 and 3, not {bs.version}"
+    if problem is None and bs.version not in (2, 3, 4):
+        problem = f"can only write format versions 2 to 4, not {bs.version}"
+    if problem is None and bs.version == VARIABLE_RATE_VERSION:
+        problem = _quality_problem(bs.quality)
+    elif problem is None and bs.quality is not None:
+        problem = f"a quality is written only in version {VARIABLE_RATE_VERSION}, not {bs.version}"
     if problem is None and not (isinstance(bs.check, int) and 0 <= bs.check < 2**32):
         problem = f"coder check must be a 32-bit unsigned integer, got {bs.check!r}"
     if problem is None and max(len(bs.y_string), len(bs.z_string)) >= 2**32:
@@ -109,6 +125,7 @@ def pack(bs: Bitstream) -> bytes:
         len(bs.y_string),
         len(bs.z_string),
         bs.check,
+        *([bs.quality] if bs.version == VARIABLE_RATE_VERSION else []),
     )
     body = header + bytes(bs.z_string) + bytes(bs.y_string)
     return body + _CRC.pack(zlib.crc32(body))
@@ -130,7 +147,7 @@ def unpack(data: bytes) -> Bitstream:
         raise UserError("not an ICWEM file")
     version = data[len(MAGIC)]
     if version not in READABLE_VERSIONS:
-        raise UserError(f"unsupported ICWEM format version {version} (this build reads versions 1 to {VERSION})")
+        raise UserError(f"unsupported ICWEM format version {version} (this build reads versions 1 to {READABLE_VERSIONS[-1]})")
     header = _HEADERS[version]
     overhead = header.size + _CRC.size
     if len(data) < overhead:
@@ -142,8 +159,11 @@ def unpack(data: bytes) -> Bitstream:
     fields = header.unpack_from(data)
     _, _, fingerprint, height, width, top, bottom, left, right, z_h, z_w, y_len, z_len = fields[:13]
     check = fields[13] if version >= 2 else None
+    quality = fields[14] if version == VARIABLE_RATE_VERSION else None
     pad, z_shape = (top, bottom, left, right), (z_h, z_w)
     problem = _geometry_problem(height, width, pad, z_shape)
+    if problem is None and version == VARIABLE_RATE_VERSION:
+        problem = _quality_problem(quality)
     if problem is not None:
         raise UserError(f"corrupted header: {problem}")
     if overhead + y_len + z_len != len(data):
@@ -163,6 +183,7 @@ def unpack(data: bytes) -> Bitstream:
         fingerprint=bytes(fingerprint),
         check=check,
         version=version,
+        quality=quality,
     )
 
 
@@ -202,6 +223,13 @@ def _geometry_problem(
     expected = (padded_h // PAD_MULTIPLE, padded_w // PAD_MULTIPLE)
     if tuple(z_shape) != expected:
         return f"hyper-latent shape {tuple(z_shape)} should be {expected} for padded size {padded_h}x{padded_w}"
+    return None
+
+
+def _quality_problem(quality: Optional[float]) -> Optional[str]:
+    """Why ``quality`` cannot be a version-4 file's, or None: it must be a finite float in [1, MAX_QUALITY]."""
+    if not isinstance(quality, float) or not 1.0 <= quality <= MAX_QUALITY:  # NaN fails the comparison
+        return f"quality {quality!r} is not a number in [1, {MAX_QUALITY:g}]"
     return None
 
 

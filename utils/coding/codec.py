@@ -10,6 +10,7 @@ I/O). Both calls end on the CPU (entropy coding, the uint8 copy), so no CUDA syn
 
 from __future__ import annotations
 
+import math
 import time
 import weakref
 from typing import Optional
@@ -20,7 +21,7 @@ from torch import nn
 
 from models.refine import RefineOptions, compress_refined
 
-from .bitstream import DEFAULT_MAX_PIXELS, Bitstream, file_size, pixel_limit_problem
+from .bitstream import DEFAULT_MAX_PIXELS, VARIABLE_RATE_VERSION, VERSION, Bitstream, file_size, pixel_limit_problem
 from ..errors import UserError
 from ..image_io import to_tensor, to_uint8
 from ..metrics import bpp_from_bytes
@@ -45,8 +46,24 @@ def packed_size(bs: Bitstream) -> int:
     return file_size(bs)
 
 
+def coding_quality(model: nn.Module, quality: Optional[float]) -> Optional[float]:
+    """The quality to code at: ``quality`` (None: the model's middle) for a variable-rate model, a
+    finite number in its [1, K]; None for a fixed-rate model, which takes none. Else a ``UserError``."""
+    rate_points = getattr(model, "rate_points", 0)
+    if not rate_points:
+        if quality is not None:
+            raise UserError(f"quality {quality:g} needs a variable-rate checkpoint; this one is fixed-rate "
+                            "(it codes at the one rate it was trained for)")
+        return None
+    if quality is None:
+        return float(model.default_quality)
+    if not (math.isfinite(quality) and 1 <= quality <= rate_points):
+        raise UserError(f"quality {quality:g} is outside [1, {rate_points}], this variable-rate checkpoint's range")
+    return float(quality)
+
+
 def encode_image(
-    model: nn.Module, rgb_uint8: np.ndarray, refine: Optional[RefineOptions] = None
+    model: nn.Module, rgb_uint8: np.ndarray, refine: Optional[RefineOptions] = None, quality: Optional[float] = None
 ) -> tuple[Bitstream, dict]:
     """Code an HxWx3 uint8 image; returns the bitstream and ``{"bytes", "bpp", "encode_s"}``.
 
@@ -54,8 +71,13 @@ def encode_image(
     original (unpadded) image. The model must be in eval mode with its coder tables built
     (``load_checkpoint`` does both). ``refine`` with iterations optimises the latents first
     (models/refine.py; the stats then hold its ``Refinement`` as ``refine``); the file format and the
-    decoder are the same, and without iterations the bytes are exactly the plain encoder's.
+    decoder are the same, and without iterations the bytes are exactly the plain encoder's. A
+    variable-rate model codes at ``quality`` (``coding_quality``) into a version-4 file that records it;
+    a fixed-rate model's file is version 3.
     """
+    quality = coding_quality(model, quality)
+    if quality is not None and refine is not None and refine.iterations > 0:
+        raise UserError("--refine is not available for variable-rate checkpoints yet")
     height, width = rgb_uint8.shape[:2]
     fingerprint = model_fingerprint(model)
     device = next(model.parameters()).device
@@ -64,7 +86,8 @@ def encode_image(
     start = time.perf_counter()
     if refine is None or refine.iterations == 0:
         with torch.inference_mode():
-            out = model.compress(pad(to_tensor(rgb_uint8).to(device), padding))  # not kept: freed after the analysis
+            rate = {} if quality is None else {"quality": quality}  # a fixed-rate model is called as before
+            out = model.compress(pad(to_tensor(rgb_uint8).to(device), padding), **rate)  # not kept: freed after the analysis
     else:
         out, extra["refine"] = compress_refined(model, pad(to_tensor(rgb_uint8).to(device), padding), refine,
                                                 (height, width))
@@ -80,6 +103,8 @@ def encode_image(
         z_string=z_string,
         fingerprint=fingerprint,
         check=out["checks"][0],
+        version=VERSION if quality is None else VARIABLE_RATE_VERSION,
+        quality=quality,
     )
     num_bytes = packed_size(bs)
     return bs, {"bytes": num_bytes, "bpp": bpp_from_bytes(num_bytes, height, width), "encode_s": encode_s, **extra}
@@ -88,7 +113,8 @@ def encode_image(
 def decoder_options(version: int) -> dict:
     """What a file of format ``version`` asks of ``model.decompress``: version 1 holds the original
     implementation's strings (``legacy``: float32 parameters, CompressAI's tables), versions 1 and 2 code
-    y as one rANS stream, version 3 in chunks of the model's default size."""
+    y as one rANS stream, versions 3 and 4 in chunks of the model's default size (version 4 adds the
+    quality, which ``decode_bitstream`` passes)."""
     options: dict = {"legacy": version == 1}
     if version < 3:
         options["chunk_symbols"] = None
@@ -114,12 +140,24 @@ def decode_bitstream(model: nn.Module, bs: Bitstream, max_pixels: int = DEFAULT_
     problem = pixel_limit_problem(bs, max_pixels)
     if problem is not None:
         raise UserError(problem)
+    rate_points = getattr(model, "rate_points", 0)
+    if rate_points and bs.quality is None:
+        raise UserError(f"corrupted bitstream: a file of this variable-rate checkpoint must record its quality "
+                        f"(format version {VARIABLE_RATE_VERSION}), this one is version {bs.version}")
+    if bs.quality is not None and not rate_points:
+        raise UserError(f"corrupted bitstream: it records a quality ({bs.quality:g}), but its checkpoint is fixed-rate")
+    if bs.quality is not None and not 1 <= bs.quality <= rate_points:
+        raise UserError(f"corrupted bitstream: quality {bs.quality:g} is outside [1, {rate_points}], the range of "
+                        "its checkpoint")
+    options = decoder_options(bs.version)
+    if bs.quality is not None:
+        options["quality"] = bs.quality
 
     start = time.perf_counter()
     try:
         with torch.inference_mode():
             # decompress checks both strings and bounds the coder's reads (models/entropy/rans_guard.py).
-            out = model.decompress([[bs.y_string], [bs.z_string]], bs.z_shape, **decoder_options(bs.version))
+            out = model.decompress([[bs.y_string], [bs.z_string]], bs.z_shape, **options)
             x_hat = crop(out["x_hat"], Padding(*bs.pad))
             finite = bool(torch.isfinite(x_hat).all())
     except (RuntimeError, ValueError, IndexError, OverflowError) as exc:

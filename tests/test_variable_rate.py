@@ -1,0 +1,245 @@
+"""Variable rate (models/variable_rate.py): one model for a range of qualities, off by default.
+
+Fixed-rate models are untouched: no gain, no key, no field, the same bytes (the fixture's strings are
+checked byte for byte in tests/test_model.py). A variable-rate model's gains rise strictly with the
+quality, its files record the quality (format version 4) and decode to the encoder's ŷ, and a crafted
+quality is one clear error. All on the tiny preset and 64×64 crops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, photo, photo_tensor, run_in_process
+from models import ICWEM, config_from_state_dict, get_config, load_checkpoint
+from models.checkpoint import variable_rate_from_fixed
+from models.config import PRESETS, ModelConfig
+from models.variable_rate import RateGain, RateSchedule
+from utils.coding.bitstream import VARIABLE_RATE_VERSION, VERSION, pack, unpack
+from utils.coding.codec import decode_bitstream, encode_image
+from utils.errors import UserError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LAMBDAS = (0.0025, 0.005, 0.01, 0.02, 0.04)  # the fixture's weights count as trained for the middle one
+
+
+def fixture_weights() -> dict:
+    return torch.load(TINY / "weights.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def vr_model() -> ICWEM:
+    """The fixture's weights as a 5-point variable-rate model, gains sqrt(λ_k / 0.01), eval mode."""
+    cfg = dict(get_config("tiny"), rate_points=len(LAMBDAS))
+    model = variable_rate_from_fixed(fixture_weights(), cfg, LAMBDAS, 0.01).eval()
+    model.update(force=True)
+    return model
+
+
+@pytest.fixture(scope="module")
+def vr_checkpoint(vr_model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("vr") / "icwem-tiny-vr.pth.tar"
+    torch.save({"state_dict": vr_model.state_dict(), "model_config": vr_model.config}, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- off by default
+def test_fixed_rate_configurations_have_no_variable_rate_fields():
+    assert "rate_points" not in ModelConfig().as_dict() and "rate_gain" not in ModelConfig().as_dict()
+    assert all("rate_points" not in cfg for cfg in PRESETS.values())
+    assert "rate_points" in ModelConfig(rate_points=3).as_dict()
+
+
+def test_fixed_rate_state_dict_keys_are_the_fixtures():
+    expected = {line.split()[0] for line in (TINY / "state_dict_keys.txt").read_text().splitlines() if line.strip()}
+    assert set(ICWEM(**get_config("tiny")).state_dict()) == expected
+
+
+def test_a_fixed_rate_model_refuses_a_quality(tiny_model):
+    with pytest.raises(ValueError, match="fixed-rate"):
+        tiny_model(photo_tensor(h=64, w=64), quality=2.0)
+
+
+def test_a_variable_rate_model_adds_only_its_gains_and_is_inferred_from_them(vr_model):
+    fixed = set(ICWEM(**get_config("tiny")).state_dict())
+    assert set(vr_model.state_dict()) - fixed == {"rate_gain.log_base", "rate_gain.log_steps"}
+    assert config_from_state_dict(vr_model.state_dict()) == {**get_config("tiny"), "rate_points": 5, "rate_gain": "channel"}
+    scalar = ICWEM(**get_config("tiny"), rate_points=3, rate_gain="scalar")
+    assert config_from_state_dict(scalar.state_dict())["rate_gain"] == "scalar"
+
+
+def test_warm_start_keeps_every_fixed_rate_weight(vr_model):
+    weights = fixture_weights()
+    state = vr_model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in weights.items() if not k.endswith(("_quantized_cdf", "_offset", "_cdf_length", "scale_table")))
+
+
+# ---------------------------------------------------------------------------------------------- gains
+def test_gains_rise_strictly_with_quality_whatever_the_parameters():
+    gain = RateGain(4, 6)
+    with torch.no_grad():
+        gain.log_base.normal_()
+        gain.log_steps.normal_(std=3.0)  # softplus keeps every step positive, however small
+    values = torch.stack([gain(q) for q in np.arange(1, 4.0001, 0.25)])
+    assert bool((values[1:] > values[:-1]).all())
+
+
+def test_gains_interpolate_log_linearly_between_rate_points():
+    gain = RateGain(3, 2)
+    with torch.no_grad():
+        gain.log_steps.normal_()
+    points = gain.log_gains().exp()
+    assert torch.equal(gain(2.0), points[1]) and torch.equal(gain(3.0), points[2])
+    assert torch.allclose(gain(1.5), (points[0] * points[1]).sqrt(), rtol=1e-12)
+
+
+def test_gains_start_at_the_square_root_of_the_lambda_ratio():
+    gain = RateGain(5, 1)
+    gain.init_from_lambdas(LAMBDAS, reference=0.01)
+    assert torch.allclose(gain.log_gains().exp()[:, 0], torch.tensor([math.sqrt(v / 0.01) for v in LAMBDAS],
+                                                                      dtype=torch.float64), rtol=1e-12)
+
+
+@pytest.mark.parametrize("quality", [0.999, 5.001, math.nan, math.inf])
+def test_a_quality_outside_the_range_is_refused(quality):
+    with pytest.raises(ValueError, match="quality"):
+        RateGain(5, 1)(quality)
+
+
+def test_the_schedule_draws_qualities_and_interpolates_lambda():
+    rates = RateSchedule(LAMBDAS, seed=3)
+    assert [rates.lmbda(k) for k in range(1, 6)] == list(LAMBDAS)
+    assert rates.lmbda(1.5) == pytest.approx(math.sqrt(LAMBDAS[0] * LAMBDAS[1]), rel=1e-12)
+    draws = [rates.quality(step) for step in range(200)]
+    assert all(1 <= q <= 5 for q in draws) and draws == [RateSchedule(LAMBDAS, seed=3).quality(s) for s in range(200)]
+    assert min(draws) < 1.5 and max(draws) > 4.5
+    with pytest.raises(ValueError, match="rising"):
+        RateSchedule([0.01, 0.005])
+
+
+# ---------------------------------------------------------------------------------------------- coding
+def _y_hat_of_forward(model: ICWEM, x: torch.Tensor, quality: float) -> torch.Tensor:
+    """The ŷ that the forward pass hands to g_s (with autograd on, synthesis calls g_s itself)."""
+    seen = []
+    handle = model.g_s.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    try:
+        with torch.enable_grad():
+            model(x, quality=quality)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def test_decoding_at_a_fractional_quality_gives_the_encoders_and_the_forward_passs_y_hat(vr_model):
+    x = photo_tensor(h=64, w=64, top=100, left=180)
+    with torch.inference_mode():
+        out = vr_model.compress(x, return_y_hat=True, quality=2.5)
+        decoded = vr_model.decompress(out["strings"], out["shape"], quality=2.5)
+    assert torch.equal(decoded["y_hat"], out["y_hat"]) and decoded["checks"] == out["checks"]
+    forward = _y_hat_of_forward(vr_model, x, 2.5)
+    # float32 against float64 entropy parameters: the same symbols, ŷ equal to float32 rounding (4.8e-7 measured)
+    assert torch.allclose(forward, out["y_hat"], atol=5e-6, rtol=0)
+
+
+def test_decoding_at_another_quality_fails_the_coder_check(vr_model):
+    x = photo_tensor(h=64, w=64, top=100, left=180)
+    with torch.inference_mode():
+        out = vr_model.compress(x, quality=2.5)
+        wrong = vr_model.decompress(out["strings"], out["shape"], quality=3.0)
+    assert wrong["checks"] != out["checks"]  # the quality is in the check: a wrong one never passes as a picture
+
+
+def test_rate_rises_strictly_with_quality_in_half_steps(vr_model):
+    rgb = photo("astronaut")[100:164, 180:244]
+    sizes = [len(pack(encode_image(vr_model, rgb, quality=q)[0])) for q in np.arange(1, 5.01, 0.5)]
+    assert all(b > a for a, b in zip(sizes, sizes[1:])), sizes
+
+
+def test_a_fixed_rate_file_is_version_3_and_a_variable_rate_file_version_4(tiny_model, vr_model):
+    rgb = photo("astronaut")[100:164, 180:244]
+    fixed, _ = encode_image(tiny_model, rgb)
+    assert (fixed.version, fixed.quality) == (VERSION, None) and pack(fixed)[5] == 3
+    variable, _ = encode_image(vr_model, rgb, quality=1.5)
+    data = pack(variable)
+    assert data[5] == VARIABLE_RATE_VERSION and unpack(data) == variable and variable.quality == 1.5
+    assert len(data) == len(pack(dataclasses.replace(variable, version=3, quality=None))) + 8
+    decoded, _ = decode_bitstream(vr_model, unpack(data))
+    assert decoded.shape == rgb.shape
+    assert encode_image(vr_model, rgb)[0].quality == 3.0  # the default: the middle of [1, 5]
+
+
+# ---------------------------------------------------------------------------------------------- hostile files
+def _with_quality(data: bytes, quality: float, version: int = VARIABLE_RATE_VERSION) -> bytes:
+    """A version-4 file with its quality field replaced (or the version byte), CRC recomputed."""
+    body = bytearray(data[:-4])
+    body[5] = version
+    body[54:62] = struct.pack("<d", quality)
+    return bytes(body) + struct.pack("<I", zlib.crc32(bytes(body)))
+
+
+@pytest.fixture(scope="module")
+def vr_file(vr_model) -> bytes:
+    return pack(encode_image(vr_model, photo("astronaut")[100:164, 180:244], quality=2.5)[0])
+
+
+@pytest.mark.parametrize("quality", [math.nan, math.inf, -math.inf, 0.0, 0.999, -2.5, 255.5, 1e300])
+def test_a_crafted_quality_field_is_one_header_error(vr_file, quality):
+    with pytest.raises(UserError) as info:
+        unpack(_with_quality(vr_file, quality))
+    assert str(info.value).startswith("corrupted header: quality") and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("quality, words", [(6.0, "outside [1, 5]"), (3.0, "differ from the encoder's"),
+                                            (2.5000001, "differ from the encoder's")])
+def test_a_plausible_but_wrong_quality_is_refused_by_the_decoder(vr_model, vr_file, quality, words):
+    bs = unpack(_with_quality(vr_file, quality))
+    with pytest.raises(UserError, match="corrupted bitstream") as info:
+        decode_bitstream(vr_model, bs)
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_variable_rate_file_without_its_quality_is_refused(vr_model, vr_file):
+    bs = dataclasses.replace(unpack(vr_file), version=3, quality=None)
+    with pytest.raises(UserError, match="must record its quality"):
+        decode_bitstream(vr_model, unpack(pack(bs)))
+
+
+def test_a_quality_for_a_fixed_rate_model_is_refused(tiny_model):
+    rgb = photo("astronaut")[100:164, 180:244]
+    bs, _ = encode_image(tiny_model, rgb)
+    crafted = dataclasses.replace(bs, version=VARIABLE_RATE_VERSION, quality=2.0)
+    with pytest.raises(UserError, match="checkpoint is fixed-rate"):
+        decode_bitstream(tiny_model, unpack(pack(crafted)))
+    with pytest.raises(UserError, match="variable-rate checkpoint"):
+        encode_image(tiny_model, rgb, quality=2.0)
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def test_codec_encodes_at_a_fractional_quality_and_decodes_without_one(vr_checkpoint, tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "crop.png"
+    Image.fromarray(photo("astronaut")[100:164, 180:244]).save(image)
+    out = tmp_path / "crop.icwem"
+    encode = run_in_process(["codec.py", "encode", image, "-o", out, "--checkpoint", vr_checkpoint, "--quality", "3.5"])
+    assert encode.returncode == 0 and "at quality 3.5" in encode.stdout
+    assert out.read_bytes()[5] == VARIABLE_RATE_VERSION
+    decode = run_in_process(["codec.py", "decode", out, "-o", tmp_path / "out.png", "--checkpoint", vr_checkpoint])
+    assert decode.returncode == 0
+    beyond = run_in_process(["codec.py", "encode", image, "-o", out, "--checkpoint", vr_checkpoint, "--quality", "5.5"])
+    assert beyond.returncode == 1 and "outside [1, 5]" in beyond.stderr and len(beyond.stderr.strip().splitlines()) == 1
+
+
+def test_load_checkpoint_builds_the_variable_rate_model(vr_checkpoint, vr_model):
+    model = load_checkpoint(vr_checkpoint)
+    assert model.rate_points == 5 and model.fingerprint() == vr_model.fingerprint()
+    assert model.lmbda is None or model.lmbda > 0
