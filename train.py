@@ -72,6 +72,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--decoder-clamp", action="store_true",
                    help="train on the decoder's picture: clamp g_s's output and x̂ to [0, 1] as decompress does "
                         "(straight-through gradients)")
+    p.add_argument("--lambdas", type=float, nargs="+", default=d["lambdas"], metavar="L",
+                   help="train a variable-rate model instead: one rate point per λ (at least 2, lowest rate first); "
+                        "each batch trains at a quality Q drawn uniformly from [1, K] with λ log-linear between "
+                        "the points (--lambda is then unused). With --checkpoint of a fixed-rate model: its weights, "
+                        "fresh optimizers, gain 1 at its λ (docs/training.md)")
+    p.add_argument("--rate-gain", choices=["channel", "scalar"], default=d["rate_gain"],
+                   help="with --lambdas: a gain per channel of y and rate point, or one per rate point")
     return p.parse_args(argv)
 
 

@@ -43,24 +43,25 @@ class RateDistortionLoss(nn.Module):
         self.lmbda = lmbda
         self.metric = metric
 
-    def forward(self, output: dict, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def forward(self, output: dict, target: torch.Tensor, lmbda: Optional[float] = None) -> Dict[str, torch.Tensor]:
+        """The terms for this batch; ``lmbda`` replaces λ for it (a variable-rate model's λ(Q))."""
         with torch.autocast(target.device.type, enabled=False):  # float32 even when called under autocast
-            return self._terms(output, target)
+            return self._terms(output, target, self.lmbda if lmbda is None else lmbda)
 
-    def _terms(self, output: dict, target: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def _terms(self, output: dict, target: torch.Tensor, lmbda: float) -> Dict[str, torch.Tensor]:
         batch, _, height, width = target.shape
         x_hat = output["x_hat"].float()
         target = target.float()
         terms = {"bpp_loss": bpp_from_likelihoods(output["likelihoods"], batch * height * width)}
         if self.metric == "mse":
             terms["mse_loss"] = F.mse_loss(x_hat, target)
-            terms["loss"] = self.lmbda * 255**2 * terms["mse_loss"] + terms["bpp_loss"]
+            terms["loss"] = lmbda * 255**2 * terms["mse_loss"] + terms["bpp_loss"]
         else:
             terms["ms_ssim_loss"] = ms_ssim(x_hat, target, data_range=1.0)
-            terms["loss"] = self.lmbda * (1 - terms["ms_ssim_loss"]) + terms["bpp_loss"]
+            terms["loss"] = lmbda * (1 - terms["ms_ssim_loss"]) + terms["bpp_loss"]
         if "range_loss" in output:
             terms["range_loss"] = output["range_loss"].float()
-            weight = self.lmbda * 255**2 if self.metric == "mse" else self.lmbda
+            weight = lmbda * 255**2 if self.metric == "mse" else lmbda
             terms["loss"] = terms["loss"] + weight * terms["range_loss"]
         return terms
 

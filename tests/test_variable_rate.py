@@ -243,3 +243,25 @@ def test_load_checkpoint_builds_the_variable_rate_model(vr_checkpoint, vr_model)
     model = load_checkpoint(vr_checkpoint)
     assert model.rate_points == 5 and model.fingerprint() == vr_model.fingerprint()
     assert model.lmbda is None or model.lmbda > 0
+
+
+# ---------------------------------------------------------------------------------------------- training
+def test_training_with_lambdas_starts_from_a_fixed_rate_checkpoint_and_continues(data, tiny_checkpoint, tmp_path, capsys):
+    from utils.training import LATEST, TrainConfig, train
+
+    settings = dict(dataset=str(data), model_config="tiny", patch_size=(64, 64), batch_size=2, test_batch_size=2,
+                    num_workers=0, save_path=str(tmp_path), epochs=1, log_every=1, lambdas=list(LAMBDAS),
+                    checkpoint=str(tiny_checkpoint), learning_rate=0.0, aux_learning_rate=0.0)
+    first = train(TrainConfig(**settings))
+    assert first.model.rate_points == 5 and first.step == 2
+    expected = variable_rate_from_fixed(fixture_weights(), dict(get_config("tiny"), rate_points=5), LAMBDAS, 0.01)
+    state = first.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in expected.state_dict().items() if k.startswith(("rate_gain", "g_a")))
+    printed = capsys.readouterr().out
+    assert "gain 1 at λ = 0.01" in printed and "per rate point: q1" in printed and "q5 bpp" in printed
+    latest = tmp_path / "0.0025-0.04" / LATEST
+    assert load_checkpoint(latest).rate_points == 5
+    second = train(TrainConfig(**{**settings, "checkpoint": str(latest), "epochs": 2}))
+    assert second.step == 4  # continued: its optimizers, epoch and step
+    with pytest.raises(UserError, match="variable-rate model: pass --lambdas"):
+        train(TrainConfig(**{**settings, "checkpoint": str(latest), "lambdas": None, "epochs": 3}))

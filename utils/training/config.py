@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 
 from losses import MS_SSIM_MIN_SIZE
 from models import ICWEM
+from models.variable_rate import check_lambdas
 
 from ..errors import UserError
 
@@ -67,6 +68,8 @@ class TrainConfig:
     repeat: int = 1
     lr_schedule: str = "multistep"
     decoder_clamp: bool = False
+    lambdas: Optional[Sequence[float]] = None  # a variable-rate model: the λs of its rate points (models/variable_rate.py)
+    rate_gain: str = "channel"
 
     @classmethod
     def defaults(cls) -> dict:
@@ -112,5 +115,12 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.type == "ms-ssim" and min(cfg.patch_size) < MS_SSIM_MIN_SIZE:
         raise UserError(f"--type ms-ssim needs patches of at least {MS_SSIM_MIN_SIZE}x{MS_SSIM_MIN_SIZE} "
                         f"(5-scale MS-SSIM), got {cfg.patch_size[0]}x{cfg.patch_size[1]}")
+    if cfg.lambdas is not None:
+        try:
+            check_lambdas(cfg.lambdas)
+        except ValueError as exc:
+            raise UserError(f"--lambdas: {exc}") from None
+    if cfg.rate_gain not in ("channel", "scalar"):
+        raise UserError(f"--rate-gain must be channel or scalar, got {cfg.rate_gain!r}")
     if cfg.amp not in ("none", "bf16", "fp16"):
         raise UserError(f"--amp must be none, bf16 or fp16, got {cfg.amp!r}")

@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from losses import RateDistortionLoss
 from models import read_checkpoint
+from models.variable_rate import RateSchedule
 
 from ..errors import UserError
 from .checkpoint import copy_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -59,10 +60,12 @@ from .setup import (
     build_model,
     distribute,
     new_state,
+    rate_schedule,
     resume_schedule,
     seed_everything,
     to_device,
     training_device,
+    variable_rate_warm_start,
 )
 from .signals import StopSignals
 from .state import TrainState
@@ -101,6 +104,7 @@ class Run:
     save_dir: Path
     writer: Optional[object] = None  # TensorBoard's SummaryWriter, on the master only
     history: List[dict] = field(default_factory=list)
+    rates: Optional[RateSchedule] = None  # a variable-rate model's qualities and λs (--lambdas)
 
     @property
     def distortion(self) -> str:
@@ -130,11 +134,13 @@ class TimeBudget:
 
 @torch.no_grad()
 def validate(model: nn.Module, loader: DataLoader, criterion: RateDistortionLoss, device: torch.device,
-             ctx: DistributedContext, decoder_clamp: bool = False) -> Dict[str, object]:
+             ctx: DistributedContext, decoder_clamp: bool = False, quality: Optional[float] = None,
+             lmbda: Optional[float] = None) -> Dict[str, object]:
     """Mean test loss, bpp, distortion and PSNR over the whole test split (all ranks' shares).
 
     PSNR is measured on the reconstruction clamped to [0, 1], as a decoder would output it; the loss terms
     use it unclamped, like training. Also returns the first test image next to its reconstruction.
+    A variable-rate model is tested at ``quality`` with λ ``lmbda``.
     """
     model.eval()
     distortion = "mse_loss" if criterion.metric == "mse" else "ms_ssim_loss"
@@ -143,8 +149,8 @@ def validate(model: nn.Module, loader: DataLoader, criterion: RateDistortionLoss
     image = None
     for x in loader:
         x = to_device(x, device)
-        out = model(x, decoder_clamp=decoder_clamp)
-        terms = criterion(out, x)
+        out = model(x, decoder_clamp=decoder_clamp, quality=quality)
+        terms = criterion(out, x, lmbda)
         n = x.shape[0]
         x_hat = out["x_hat"].float().clamp(0, 1)
         mse = (x_hat - x).square().mean(dim=(1, 2, 3)).clamp_min(1e-10)
@@ -158,13 +164,26 @@ def validate(model: nn.Module, loader: DataLoader, criterion: RateDistortionLoss
     return {"loss": loss / count, "bpp": bpp / count, distortion: dist / count, "psnr": psnr / count, "image": image}
 
 
+def validate_rates(run: Run, model: nn.Module) -> Dict[str, object]:
+    """``validate`` at every rate point of a variable-rate model, each with its λ: the means over the
+    rate points (the loss that picks the best checkpoint), with each point's under ``rates``."""
+    per_rate = [validate(model, run.data.test_loader, run.criterion, run.device, run.ctx, run.cfg.decoder_clamp,
+                         float(k), lmbda) for k, lmbda in enumerate(run.rates.lambdas, start=1)]
+    keys = [k for k in per_rate[0] if k != "image"]
+    mean = {k: sum(r[k] for r in per_rate) / len(per_rate) for k in keys}
+    return {**mean, "image": per_rate[len(per_rate) // 2]["image"],
+            "rates": [{k: r[k] for k in keys} for r in per_rate]}
+
+
 def resume(state: TrainState, checkpoint: Optional[dict], cfg: TrainConfig, ctx: DistributedContext,
            samples_per_epoch: int) -> Optional[dict]:
     """Continue a run from its checkpoint (or start from the checkpoint's weights); returns this rank's
     saved generator states, if the checkpoint has them for this number of processes."""
-    continuing = checkpoint is not None and cfg.continue_train and "optimizer" in checkpoint
+    warm_start = variable_rate_warm_start(cfg, checkpoint)
+    continuing = checkpoint is not None and cfg.continue_train and "optimizer" in checkpoint and not warm_start
     if checkpoint is not None and not continuing and ctx.master:
-        why = "--no-continue_train" if not cfg.continue_train else "it holds weights only"
+        why = ("--no-continue_train" if not cfg.continue_train else "a variable-rate model from a fixed-rate one"
+               if warm_start else "it holds weights only")
         print(f"fine-tuning from the weights in {cfg.checkpoint} with fresh optimizers ({why})")
     restored_rng = None
     if continuing:
@@ -247,10 +266,15 @@ def train_one_epoch(run: Run, state: TrainState, signals: StopSignals, budget: T
                desc=f"epoch {state.epoch}", disable=not master, dynamic_ncols=True, leave=False)
     for x in run.data.train_loader:
         x = to_device(x, run.device)
+        # A variable-rate model: this step's quality and its λ, drawn from (seed, step) (models/variable_rate.py).
+        quality = run.rates.quality(state.step) if run.rates is not None else None
+        lmbda = run.rates.lmbda(quality) if run.rates is not None else None
         result = train_step(run.model, x, run.criterion, state, clip_max_norm=cfg.clip_max_norm,
                             decoder_clamp=cfg.decoder_clamp, autocast=run.autocast,
                             agree=lambda flags: all_reduce_max(flags, run.ctx, run.device),
-                            flags=lambda: [float(signals.signum or 0), budget.up()])
+                            flags=lambda: [float(signals.signum or 0), budget.up()], quality=quality, lmbda=lmbda)
+        if quality is not None:  # logged with the loss terms: the loss of each step is that of its own λ
+            result.terms.update(quality=torch.tensor(quality, device=x.device), lmbda=torch.tensor(lmbda, device=x.device))
         stop_signum, out_of_time = result.flags
         budget.ran_out = bool(out_of_time)
         if result.skipped:
@@ -281,7 +305,10 @@ def train_one_epoch(run: Run, state: TrainState, signals: StopSignals, budget: T
 
 def end_epoch(run: Run, state: TrainState, train_means: Dict[str, float], started: float) -> None:
     """Test, schedule, checkpoints and one summary line (TensorBoard too) at the end of an epoch."""
-    test = validate(state.model, run.data.test_loader, run.criterion, run.device, run.ctx, run.cfg.decoder_clamp)
+    if run.rates is None:
+        test = validate(state.model, run.data.test_loader, run.criterion, run.device, run.ctx, run.cfg.decoder_clamp)
+    else:
+        test = validate_rates(run, state.model)
     lr = state.lr
     state.scheduler.step()
     is_best = state.record_test_loss(test["loss"])
@@ -296,6 +323,9 @@ def end_epoch(run: Run, state: TrainState, train_means: Dict[str, float], starte
     d = run.distortion
     for k in ("loss", "bpp", "psnr", d):
         run.writer.add_scalar(f"test/{k}", test[k], state.epoch)
+    for k, point in enumerate(test.get("rates", []), start=1):
+        for key in ("loss", "bpp", "psnr"):
+            run.writer.add_scalar(f"test/{key}_q{k}", point[key], state.epoch)
     run.writer.add_scalar("test/lr", lr, state.epoch)
     run.writer.add_image("test/original_vs_reconstruction", test["image"], state.epoch)
     run.writer.flush()
@@ -303,6 +333,9 @@ def end_epoch(run: Run, state: TrainState, train_means: Dict[str, float], starte
     print(f"epoch {state.epoch}: train {train_part or '-'} | test loss {test['loss']:.4f} bpp {test['bpp']:.4f} "
           f"{SHORT[d]} {test[d]:.4g} psnr {test['psnr']:.2f} dB | lr {lr:.1e} | "
           f"{time.time() - started:.0f} s | skipped {state.skipped_steps}{' | best' if is_best else ''}", flush=True)
+    if "rates" in test:
+        print("  per rate point: " + " | ".join(f"q{k} bpp {p['bpp']:.4f} psnr {p['psnr']:.2f} dB"
+                                                for k, p in enumerate(test["rates"], start=1)), flush=True)
 
 
 def finish(run: Run, state: TrainState, stop: Optional[Stop] = None) -> TrainResult:
@@ -367,8 +400,11 @@ def train(cfg: TrainConfig) -> TrainResult:
     torch.manual_seed(cfg.seed + ctx.rank)
     if restored_rng is not None:
         set_rng_state(restored_rng, device)
-    save_dir = Path(cfg.save_path) / str(cfg.lmbda)  # the original's layout: SAVE_PATH/<lambda>/
-    run = Run(cfg, ctx, device, data, wrapped, criterion, autocast_for(cfg, device), save_dir, open_writer(save_dir, ctx))
+    rates = rate_schedule(cfg)
+    # The original's layout: SAVE_PATH/<lambda>/; a variable-rate model's: SAVE_PATH/<lowest λ>-<highest λ>/
+    save_dir = Path(cfg.save_path) / (str(cfg.lmbda) if rates is None else f"{rates.lambdas[0]}-{rates.lambdas[-1]}")
+    run = Run(cfg, ctx, device, data, wrapped, criterion, autocast_for(cfg, device), save_dir, open_writer(save_dir, ctx),
+              rates=rates)
 
     # ---- epochs: train, test, schedule, checkpoints
     budget = TimeBudget(cfg.max_minutes)

@@ -24,7 +24,9 @@ from torch.utils.data import DataLoader
 
 from datasets import EpochIndices, ImageFolder, ShardedEpochSampler
 from losses import RateDistortionLoss, configure_optimizers
-from models import ICWEM, get_config, model_from_state_dict, split_checkpoint
+from models import ICWEM, config_from_state_dict, get_config, model_from_state_dict, split_checkpoint
+from models.checkpoint import trained_lambda, variable_rate_from_fixed
+from models.variable_rate import RateSchedule
 
 from ..device import cpu_computes_natively, select_device, set_tf32
 from ..errors import UserError
@@ -127,18 +129,52 @@ def build_data(cfg: TrainConfig, ctx: DistributedContext, device: torch.device) 
     )
 
 
+def rate_schedule(cfg: TrainConfig) -> Optional[RateSchedule]:
+    """--lambdas: the qualities and λs a variable-rate model trains on (None: a fixed-rate model)."""
+    return RateSchedule(cfg.lambdas, cfg.seed) if cfg.lambdas else None
+
+
+def variable_rate_warm_start(cfg: TrainConfig, checkpoint: Optional[dict]) -> bool:
+    """Whether --lambdas starts a variable-rate model from a fixed-rate checkpoint's weights (with fresh
+    optimizers: the checkpoint's have no state for the gains)."""
+    return bool(cfg.lambdas) and checkpoint is not None and "rate_gain.log_steps" not in split_checkpoint(checkpoint)[0]
+
+
 def build_model(cfg: TrainConfig, checkpoint: Optional[dict], ctx: DistributedContext) -> Tuple[nn.Module, dict]:
     """The model (with the checkpoint's weights, if any) and the config it was built from.
 
     A checkpoint that stores its ``model_config`` (ours do) is rebuilt from it; published weight files
-    carry none and use ``--model-config`` (and ``--N``).
+    carry none and use ``--model-config`` (and ``--N``). With --lambdas the model is variable-rate, with
+    one rate point per λ: a fresh one has gain 1 at the λs' geometric middle, one started from a
+    fixed-rate checkpoint has gain 1 at the λ that checkpoint was trained for (or that middle, where
+    the file does not say).
     """
     model_config = get_config(cfg.model_config)
     if cfg.N is not None:
         model_config["N"] = cfg.N
+    rates = rate_schedule(cfg)
+    if rates is not None:
+        model_config.update(rate_points=rates.rate_points, rate_gain=cfg.rate_gain)
     if checkpoint is None:
-        return ICWEM(**model_config), model_config
+        model = ICWEM(**model_config)
+        if rates is not None:
+            model.rate_gain.init_from_lambdas(rates.lambdas, rates.reference_lambda())
+        return model, model_config
     state_dict, stored_config = split_checkpoint(checkpoint)
+    if variable_rate_warm_start(cfg, checkpoint):
+        base = dict(stored_config) if stored_config is not None else config_from_state_dict(state_dict)
+        base.update(rate_points=rates.rate_points, rate_gain=cfg.rate_gain)
+        reference = trained_lambda(checkpoint) or rates.reference_lambda()
+        if ctx.master:
+            print(f"variable rate: {rates.rate_points} rate points from the fixed-rate weights in {cfg.checkpoint}, "
+                  f"gain 1 at λ = {reference:g}")
+        try:
+            model = variable_rate_from_fixed(state_dict, base, rates.lambdas, reference)
+        except UserError as exc:
+            raise UserError(f"{cfg.checkpoint}: {exc}") from None
+        return model, model.config
+    if "rate_gain.log_steps" in state_dict and rates is None:
+        raise UserError(f"{cfg.checkpoint} is a variable-rate model: pass --lambdas with the λs of its rate points")
     if stored_config is not None:
         if stored_config != model_config and ctx.master:
             print(f"note: using the model config stored in {cfg.checkpoint}, not the one from --model-config/--N")
@@ -147,6 +183,8 @@ def build_model(cfg: TrainConfig, checkpoint: Optional[dict], ctx: DistributedCo
         model = model_from_state_dict(state_dict, model_config)
     except UserError as exc:
         raise UserError(f"{cfg.checkpoint}: {exc}") from None
+    if rates is not None and model.rate_points != rates.rate_points:
+        raise UserError(f"{cfg.checkpoint} has {model.rate_points} rate points, --lambdas gives {rates.rate_points}")
     return model, model_config
 
 

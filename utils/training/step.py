@@ -50,8 +50,12 @@ def _aux_has_gradients(optimizer: torch.optim.Optimizer) -> bool:
 def train_step(model: nn.Module, x: torch.Tensor, criterion: RateDistortionLoss, state: TrainState, *,
                clip_max_norm: float = 1.0, decoder_clamp: bool = False,
                autocast: Optional[ContextManager] = None, agree: Agree = _alone,
-               flags: Callable[[], List[float]] = list) -> StepResult:
+               flags: Callable[[], List[float]] = list, quality: Optional[float] = None,
+               lmbda: Optional[float] = None) -> StepResult:
     """One step on the batch ``x``; ``model`` is ``state.model`` or its DDP wrapper.
+
+    A variable-rate model trains at ``quality`` with the loss's λ replaced by ``lmbda`` (λ(Q)); both
+    None for a fixed-rate model.
 
     ``agree`` is how the ranks agree, after the backward pass (which every rank runs, so DDP's all-reduce
     always meets every rank), on skipping the step and on stopping, which must happen at the same step
@@ -62,8 +66,8 @@ def train_step(model: nn.Module, x: torch.Tensor, criterion: RateDistortionLoss,
     optimizer.zero_grad(set_to_none=True)
     aux_optimizer.zero_grad(set_to_none=True)
     with autocast or nullcontext():
-        out = model(x, decoder_clamp=decoder_clamp)
-    terms = criterion(out, x)
+        out = model(x, decoder_clamp=decoder_clamp, quality=quality)
+    terms = criterion(out, x, lmbda)
     loss = terms["loss"]
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
