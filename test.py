@@ -1,6 +1,7 @@
 """Code every image of a folder with one checkpoint and keep the files: bitstreams, decodings, a table.
 
     python test.py --checkpoint CK --data DIR --real --save-dir OUT [--cuda]
+    python test.py --checkpoint VR --quality 1 2 3 4 5 --data DIR --real --save-dir OUT   # a variable-rate one
 
 Per image (named after its path under DIR, folders joined by "__"): OUT/<name>.icwem, the bitstream
 file, and OUT/<name>.png, the image decoded from that file after reading it back. OUT/results.csv and
@@ -12,7 +13,9 @@ has no bytes, estimate or overhead columns, and no .icwem or .png file is writte
 Without --save-dir only the table is printed. Large images are coded in row bands of about 0.75
 megapixels, in memory that grows with the width only; --tile N sets the rows per band, --tile 0 codes
 each image whole (same bitstreams either way). --real --refine N refines each image's latents for N
-iterations before coding (docs/refinement.md). Exit codes: 0 done, 1 user error.
+iterations before coding (docs/refinement.md). A variable-rate checkpoint (models/variable_rate.py) codes
+at each --quality (default: the middle of its range): with several, each quality's files and tables go
+to OUT/q<Q>/ and a table of the means per quality follows. Exit codes: 0 done, 1 user error.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from utils.cli import add_max_pixels_argument, add_refine_arguments, add_tile_argument, run_cli
+from pathlib import Path
+
+from utils.cli import add_max_pixels_argument, add_refine_arguments, add_tile_argument, positive_number, run_cli
 from utils.coding.bitstream import DEFAULT_MAX_PIXELS
 from models.refine import RefineOptions
 from utils.device import select_device
-from utils.evaluation.measure import RATE_ESTIMATE, RATE_REAL, code_images
+from utils.evaluation.measure import RATE_ESTIMATE, RATE_REAL, code_images, format_table, load_model
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -36,6 +41,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--save-dir", help="folder for the .icwem/.png files and results.csv/results.json")
     add_tile_argument(p)
     add_max_pixels_argument(p, DEFAULT_MAX_PIXELS)
+    p.add_argument("--quality", type=positive_number("quality"), nargs="+", default=None, metavar="Q",
+                   help="a variable-rate checkpoint's qualities, each in [1, K] (default: the middle)")
     add_refine_arguments(p)
     return p.parse_args(argv)
 
@@ -48,8 +55,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.save_dir is not None and not args.real:
         print("no --real: writing only results.csv and results.json (.icwem and .png files need --real)")
     refine = RefineOptions(args.refine, args.refine_lambda, args.refine_minutes, progress=True)
-    code_images(args.checkpoint, args.data, args.real, device, args.save_dir, tile=args.tile, max_pixels=args.max_pixels,
-                refine=refine)
+    qualities = args.quality or [None]
+    model = load_model(args.checkpoint, device, args.tile)
+    means = []
+    for quality in qualities:
+        save_dir = args.save_dir
+        if quality is not None and len(qualities) > 1:
+            print(f"quality {quality:g}")
+            save_dir = None if save_dir is None else str(Path(save_dir) / f"q{quality:g}")
+        means.append(code_images(args.checkpoint, args.data, args.real, device, save_dir, tile=args.tile,
+                                 max_pixels=args.max_pixels, refine=refine, quality=quality, model=model)[1])
+    if len(qualities) > 1:
+        print("\n".join(format_table("quality", [(f"{q:g}", mean) for q, mean in zip(qualities, means)])))
     if args.save_dir is not None:
         print(f"wrote {args.save_dir}/")
     return 0

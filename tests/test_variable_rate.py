@@ -265,3 +265,31 @@ def test_training_with_lambdas_starts_from_a_fixed_rate_checkpoint_and_continues
     assert second.step == 4  # continued: its optimizers, epoch and step
     with pytest.raises(UserError, match="variable-rate model: pass --lambdas"):
         train(TrainConfig(**{**settings, "checkpoint": str(latest), "lambdas": None, "epochs": 3}))
+
+
+def test_eval_sweeps_the_qualities_of_one_checkpoint_into_one_curve(vr_checkpoint, tmp_path):
+    from PIL import Image
+
+    image = tmp_path / "crop.png"
+    Image.fromarray(photo("astronaut")[100:164, 180:244]).save(image)
+    out = tmp_path / "vr.json"
+    result = run_in_process(["eval.py", "--checkpoint", vr_checkpoint, "--data", image, "--real", "--quality", "1",
+                             "2.5", "5", "--output", out])
+    assert result.returncode == 0 and f"{vr_checkpoint} Q2.5" in result.stdout
+    bpp = json.loads(out.read_text())["results"]["bpp"]
+    assert len(bpp) == 3 and bpp[0] < bpp[1] < bpp[2]
+    fixed = run_in_process(["eval.py", "--checkpoint", TINY / "weights.pt", "--data", image, "--quality", "2"])
+    assert fixed.returncode == 1 and "fixed-rate" in fixed.stderr
+
+
+def test_test_py_writes_each_qualitys_files_to_its_own_folder(vr_checkpoint, tmp_path):
+    from PIL import Image
+
+    (tmp_path / "data").mkdir()
+    Image.fromarray(photo("astronaut")[100:164, 180:244]).save(tmp_path / "data" / "crop.png")
+    result = run_in_process(["test.py", "--checkpoint", vr_checkpoint, "--data", tmp_path / "data", "--real",
+                             "--quality", "1", "5", "--save-dir", tmp_path / "out"])
+    assert result.returncode == 0
+    files = [tmp_path / "out" / f"q{q}" / "crop.icwem" for q in (1, 5)]
+    assert all(f.is_file() for f in files) and files[0].stat().st_size < files[1].stat().st_size
+    assert json.loads((tmp_path / "out" / "q5" / "results.json").read_text())["quality"] == 5.0

@@ -38,7 +38,7 @@ from models.refine import RefineOptions
 from models.zoo import resolve_checkpoint
 
 from ..coding.bitstream import DEFAULT_MAX_PIXELS, OVERHEAD_BYTES, pack, read_file, unpack, write_file
-from ..coding.codec import decode_bitstream, encode_image
+from ..coding.codec import coding_quality, decode_bitstream, encode_image
 from ..device import full_float32
 from ..errors import UserError
 from ..image_io import find_images, read_image, to_tensor, to_uint8, write_png
@@ -67,15 +67,15 @@ _COLUMNS = (
 )
 
 
-def estimate(model: nn.Module, rgb_uint8: np.ndarray) -> tuple[float, np.ndarray, float]:
+def estimate(model: nn.Module, rgb_uint8: np.ndarray, quality: Optional[float] = None) -> tuple[float, np.ndarray, float]:
     """Forward pass on one image: (estimated bpp of the original size, 8-bit reconstruction, seconds).
-    On a GPU without TF32, like coding (``docs/cuda.md``)."""
+    On a GPU without TF32, like coding (``docs/cuda.md``). ``quality``: a variable-rate model's."""
     height, width = rgb_uint8.shape[:2]
     device = next(model.parameters()).device
     start = time.perf_counter()
     with torch.inference_mode(), full_float32():
         x, padding = pad_image(to_tensor(rgb_uint8).to(device))
-        out = model(x, inference=True)  # as coding runs the transforms: in bands for a large image
+        out = model(x, inference=True, quality=quality)  # as coding runs the transforms: in bands for a large image
         bits = float(sum(-torch.log2(likelihoods).sum() for likelihoods in out["likelihoods"].values()))
         reconstruction = to_uint8(crop(out["x_hat"], padding))
     return bits / (height * width), reconstruction, time.perf_counter() - start
@@ -88,8 +88,10 @@ def measure_image(
     icwem_path: Optional[Path] = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     refine: Optional[RefineOptions] = None,
+    quality: Optional[float] = None,
 ) -> tuple[dict, np.ndarray]:
     """Code one image and measure it (see the module docstring); returns (fields, reconstruction).
+    ``quality``: a variable-rate model's (``utils.coding.codec.coding_quality``).
 
     The fields are those of the table (``_COLUMNS``) that the mode has, in table order.
 
@@ -107,9 +109,9 @@ def measure_image(
         )
     refining = refine is not None and refine.iterations > 0
     if not refining:  # a refined file has its own estimate, from the refinement
-        bpp_estimate, reconstruction, forward_s = estimate(model, rgb_uint8)
+        bpp_estimate, reconstruction, forward_s = estimate(model, rgb_uint8, coding_quality(model, quality))
     if real:
-        bs, encoded = encode_image(model, rgb_uint8, refine)
+        bs, encoded = encode_image(model, rgb_uint8, refine, quality)
         if refining:
             bpp_estimate = encoded["refine"].bpp
         if icwem_path is None:
@@ -160,7 +162,7 @@ def _overhead_pct(bpp: float, bpp_estimate: float) -> float:
     return 100.0 * (bpp / bpp_estimate - 1.0) if bpp_estimate > 0 else float("inf")
 
 
-def _load(checkpoint: PathLike, device: torch.device, tile: Optional[int]) -> nn.Module:
+def load_model(checkpoint: PathLike, device: torch.device, tile: Optional[int]) -> nn.Module:
     """``load_checkpoint`` with the rows per band of streamed inference (None: the model's default)."""
     model = load_checkpoint(checkpoint, map_location=device)
     if tile is not None:
@@ -185,12 +187,15 @@ def evaluate_checkpoints(
     tile: Optional[int] = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     refine: Optional[RefineOptions] = None,
-) -> list[dict]:
-    """One RD point per checkpoint: the mean fields over every image under ``data`` (``mean_fields``).
+    qualities: Optional[Sequence[float]] = None,
+) -> list[tuple[str, dict]]:
+    """RD points, labelled: one per fixed-rate checkpoint, and one per quality of a variable-rate
+    checkpoint (``qualities``, default its rate points 1 … K), each the mean fields over every image
+    under ``data`` (``mean_fields``), in that order.
 
     All checkpoint paths are checked before the first is evaluated, so a typo in the last one does
     not surface hours later. Image notices (alpha dropped, ...) are logged once. ``refine``: see
-    ``measure_image``.
+    ``measure_image``. ``qualities`` with a fixed-rate checkpoint is a ``UserError``.
     """
     _check_refine(real, refine)
     missing = [str(path) for path in checkpoints if not resolve_checkpoint(path).is_file()]
@@ -199,12 +204,18 @@ def evaluate_checkpoints(
     paths = find_images(data)
     points = []
     for index, checkpoint in enumerate(checkpoints):
-        model = _load(checkpoint, device, tile)
-        rows = []
-        for path in tqdm(paths, desc=str(checkpoint), unit="image", leave=False, dynamic_ncols=True):
-            rgb = _read(path, show_notices=index == 0)
-            rows.append(measure_image(model, rgb, real, max_pixels=max_pixels, refine=refine)[0])
-        points.append(mean_fields(rows))
+        model = load_model(checkpoint, device, tile)
+        if qualities and not model.rate_points:
+            raise UserError(f"{checkpoint}: --quality needs a variable-rate checkpoint; this one is fixed-rate")
+        sweep = (qualities or range(1, model.rate_points + 1)) if model.rate_points else [None]
+        for quality in sweep:
+            label = str(checkpoint) if quality is None else f"{checkpoint} Q{float(quality):g}"
+            rows = []
+            for path in tqdm(paths, desc=label, unit="image", leave=False, dynamic_ncols=True):
+                rgb = _read(path, show_notices=index == 0 and len(points) == 0)
+                rows.append(measure_image(model, rgb, real, max_pixels=max_pixels, refine=refine,
+                                          quality=None if quality is None else float(quality))[0])
+            points.append((label, mean_fields(rows)))
         del model  # before the next one is loaded, so that only one is in memory at a time
     return points
 
@@ -271,8 +282,13 @@ def code_images(
     tile: Optional[int] = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     refine: Optional[RefineOptions] = None,
+    quality: Optional[float] = None,
+    model: Optional[nn.Module] = None,
 ) -> tuple[list[dict], dict]:
     """Measure every image under ``data`` with one checkpoint; returns (per-image rows, mean fields).
+
+    ``quality``: a variable-rate checkpoint's (None: its middle); ``model``: the checkpoint already
+    loaded (a sweep over qualities loads it once).
 
     Each row starts with ``name``, ``height`` and ``width``. With ``save_dir`` and ``real``, each image
     leaves ``<name>.icwem`` (the bitstream) and ``<name>.png`` (decoded from that file as read back);
@@ -283,7 +299,8 @@ def code_images(
     _check_refine(real, refine)
     paths = find_images(data)
     names = output_names(paths, data)
-    model = _load(checkpoint, device, tile)
+    model = load_model(checkpoint, device, tile) if model is None else model
+    coding_quality(model, quality)  # a quality the checkpoint cannot take fails before any image
     save_dir = Path(save_dir) if save_dir is not None else None
     mean_label = f"mean ({len(paths)} images)"
     label_width = max(len(label) for label in [*names, mean_label])
@@ -291,7 +308,7 @@ def code_images(
     for path, name in zip(tqdm(paths, unit="image", leave=False, dynamic_ncols=True), names):
         rgb = _read(path)
         icwem_path = save_dir / f"{name}.icwem" if save_dir is not None and real else None
-        fields, reconstruction = measure_image(model, rgb, real, icwem_path, max_pixels, refine)
+        fields, reconstruction = measure_image(model, rgb, real, icwem_path, max_pixels, refine, quality)
         if icwem_path is not None:
             _write_png(save_dir / f"{name}.png", reconstruction)
         row = {"name": name, "height": rgb.shape[0], "width": rgb.shape[1], **fields}
@@ -303,7 +320,7 @@ def code_images(
     mean = mean_fields(rows)
     tqdm.write(format_table("image", [(mean_label, mean)], label_width)[1])
     if save_dir is not None:
-        _write_image_tables(save_dir, checkpoint, data, real, rows, mean)
+        _write_image_tables(save_dir, checkpoint, data, real, rows, mean, coding_quality(model, quality))
     return rows, mean
 
 
@@ -315,7 +332,8 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
 
 
 def _write_image_tables(
-    save_dir: Path, checkpoint: PathLike, data: PathLike, real: bool, rows: list[dict], mean: dict
+    save_dir: Path, checkpoint: PathLike, data: PathLike, real: bool, rows: list[dict], mean: dict,
+    quality: Optional[float] = None,
 ) -> None:
     """``results.csv`` (one row per image) and ``results.json`` (the rows, the mean and what they mean)."""
     columns = list(rows[0])
@@ -323,6 +341,7 @@ def _write_image_tables(
         "checkpoint": str(checkpoint),
         "data": str(data),
         "rate": RATE_REAL if real else RATE_ESTIMATE,
+        **({} if quality is None else {"quality": quality}),
         "images": [_json_safe(row) for row in rows],
         "mean": _json_safe(mean),
     }
