@@ -181,6 +181,7 @@ def decode(args: argparse.Namespace) -> int:
     print(
         f"{args.output}: {bs.width}x{bs.height} from {num_bytes} bytes, "
         f"{bpp_from_bytes(num_bytes, bs.height, bs.width):.4f} bpp, decoded in {stats['decode_s']:.2f} s"
+        + (f" (quality {bs.quality:g})" if bs.quality is not None else "")
     )
     return 0
 

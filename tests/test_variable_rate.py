@@ -207,6 +207,16 @@ def test_a_plausible_but_wrong_quality_is_refused_by_the_decoder(vr_model, vr_fi
     assert words in str(info.value) and "\n" not in str(info.value)
 
 
+def test_every_bit_flip_of_the_quality_is_refused_even_with_the_crc_recomputed(vr_model, vr_file):
+    """Header errors for most flips; the low mantissa bits give a legal Q next to 2.5, which the coder check refuses."""
+    (bits,) = struct.unpack_from("<Q", vr_file, 54)
+    for bit in range(64):
+        (flipped,) = struct.unpack("<d", struct.pack("<Q", bits ^ (1 << bit)))
+        with pytest.raises(UserError, match="corrupted") as info:
+            decode_bitstream(vr_model, unpack(_with_quality(vr_file, flipped)))
+        assert "\n" not in str(info.value)
+
+
 def test_a_variable_rate_file_without_its_quality_is_refused(vr_model, vr_file):
     bs = dataclasses.replace(unpack(vr_file), version=3, quality=None)
     with pytest.raises(UserError, match="must record its quality"):
