@@ -271,8 +271,8 @@ def test_nonfinite_loss_skips_the_step_without_touching_the_weights(data, tmp_pa
     original_forward = RateDistortionLoss.forward
     calls = []
 
-    def nan_on_second_step(self, output, target):
-        terms = original_forward(self, output, target)
+    def nan_on_second_step(self, output, target, lmbda=None):
+        terms = original_forward(self, output, target, lmbda)
         calls.append(1)
         if len(calls) == 2:
             terms["loss"] = terms["loss"] * float("nan")
@@ -291,9 +291,9 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_exit_143(data, tmp_p
 
     original_forward = RateDistortionLoss.forward
 
-    def terminate_during_first_step(self, output, target):
+    def terminate_during_first_step(self, output, target, lmbda=None):
         os.kill(os.getpid(), signal.SIGTERM)  # as if a scheduler preempted the job
-        return original_forward(self, output, target)
+        return original_forward(self, output, target, lmbda)
 
     monkeypatch.setattr(RateDistortionLoss, "forward", terminate_during_first_step)
     result = train(config(data, tmp_path, epochs=50))
