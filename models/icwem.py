@@ -203,11 +203,14 @@ class ICWEM(CompressionModel):
             return None
         return check_quality(self.default_quality if quality is None else quality, self.rate_points)
 
-    def _slice_gains(self, quality: Optional[float], like: Tensor) -> List[Optional[Tensor]]:
+    def _slice_gains(self, quality: Optional[float], like: Tensor, coding: bool = False) -> List[Optional[Tensor]]:
         """Per slice, y's gain at ``quality`` (see ``_quality``) in ``like``'s dtype and device; all None
-        for a fixed-rate model."""
+        for a fixed-rate model. ``coding``: computed on the CPU (``RateGain.log_gains``), as every decoder
+        will compute it."""
         quality = self._quality(quality)
-        return slice_gains(None if quality is None else self.rate_gain(quality), self.num_slices, like)
+        if quality is None:
+            return slice_gains(None, self.num_slices, like)
+        return slice_gains(self.rate_gain(quality, torch.device("cpu") if coding else None), self.num_slices, like)
 
     def _band_rows(self, height: int, width: int, device: Optional[torch.device] = None) -> int:
         """Image rows per band for this image size on ``device`` (default the CPU); 0: whole (it fits in
@@ -455,7 +458,7 @@ class ICWEM(CompressionModel):
         latent_means, latent_scales = self._hyper(nets, z_in)
 
         y_slices = y.chunk(self.num_slices, dim=1)  # each made float64 when coded, not the whole latent
-        gains = self._slice_gains(quality, z_in)
+        gains = self._slice_gains(quality, z_in, coding=True)
         z_q = z_symbols(self.entropy_bottleneck, z_hat)
         checks = [CoderCheck(z_q[b], self._quality(quality)) for b in range(batch)]
         encoders = [ChunkedEncoder(tables, chunk_symbols) for _ in range(batch)]
@@ -510,7 +513,7 @@ class ICWEM(CompressionModel):
         latent_means, latent_scales = self._hyper(nets, z_in)
         z_q = z_symbols(self.entropy_bottleneck, z_hat)
         checks = [CoderCheck(z_q[b], self._quality(quality)) for b in range(len(y_strings))]
-        gains = self._slice_gains(quality, z_in)
+        gains = self._slice_gains(quality, z_in, coding=True)
 
         def decode_slice(i: int, mu: Tensor, sigma: Tensor) -> Tensor:
             (sigma,) = coder_domain(gains[i], sigma)

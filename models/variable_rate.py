@@ -86,19 +86,21 @@ class RateGain(nn.Module):
         self.log_base = nn.Parameter(torch.zeros(channels))
         self.log_steps = nn.Parameter(torch.full((rate_points - 1, channels), _softplus_inverse(0.25)))
 
-    def log_gains(self) -> Tensor:
-        """log g_k for k = 1 … K, shape (K, channels), in float64: on the CPU outside autograd (coding:
-        the same values on every machine, whatever device the model is on), else on the model's device."""
-        device = self.log_base.device if torch.is_grad_enabled() else torch.device("cpu")
+    def log_gains(self, device: Optional[torch.device] = None) -> Tensor:
+        """log g_k for k = 1 … K, shape (K, channels), in float64 on ``device`` (default: the parameters';
+        coding asks for the CPU, so that every machine computes the same gains whatever device the model
+        is on)."""
+        device = self.log_base.device if device is None else device
         base = self.log_base.to(device, torch.float64)
         steps = F.softplus(self.log_steps.to(device, torch.float64))
         return torch.cat([base[None], base[None] + torch.cumsum(steps, dim=0)])
 
-    def forward(self, quality: float) -> Tensor:
-        """g(Q), shape (channels,), float64: log-linear between the two rate points around Q."""
+    def forward(self, quality: float, device: Optional[torch.device] = None) -> Tensor:
+        """g(Q), shape (channels,), float64 on ``device`` (see ``log_gains``): log-linear between the two
+        rate points around Q."""
         q = check_quality(quality, self.rate_points)
         k, frac = interpolation(q, self.rate_points)
-        log_g = self.log_gains()
+        log_g = self.log_gains(device)
         return torch.exp(log_g[k] if frac == 0 else (1 - frac) * log_g[k] + frac * log_g[k + 1])
 
     @torch.no_grad()
