@@ -117,10 +117,11 @@ def summarise(rows: Sequence[ColourRow], lmbda: float | None = None) -> dict[str
     mean training objective: what ranks two runs at the same λ, whichever way each moved along the curve."""
     # geometric mean of the rate ratios, as a BD-rate averages log-rates
     finite = [np.log(r.bpp / r.anchor_bpp) for r in rows if np.isfinite(r.anchor_bpp)]
+    gaps = [r.psnr - r.anchor_psnr for r in rows if np.isfinite(r.anchor_psnr)]  # none: no anchor in range
     return dict(
         bpp=float(np.mean([r.bpp for r in rows])),
         psnr=float(np.mean([r.psnr for r in rows])),
-        delta_psnr_vs_anchor=float(np.nanmean([r.psnr - r.anchor_psnr for r in rows])),
+        delta_psnr_vs_anchor=float(np.mean(gaps)) if gaps else float("nan"),
         rate_vs_anchor_pct=float(100.0 * np.expm1(np.mean(finite))) if finite else float("nan"),
         rows_in_anchor_range=len(finite),
         worst_spread_db=max(spread_db(rows).values()),
