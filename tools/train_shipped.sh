@@ -7,8 +7,8 @@
 # Round 2 (ROUND2=1 runs it instead of round 1's fine-tunes) continues round 1's main run with its optimizer and
 # schedule to epoch 30, then each other rate point from that run's end (optimizer state kept) at its own λ.
 # Round 6 (ROUND6=1 SKIP_MAIN=1, from the shipped files of round 5) is the first on the wider data of
-# tools/training_data.py with --colour-augment. Round 7 (ROUND7=1 SKIP_MAIN=1, after round 6) continues it; every
-# shipped file comes from round 7 (its block ends with the ship command).
+# tools/training_data.py with --colour-augment. Rounds 7 and 8 (ROUND7=1 / ROUND8=1 SKIP_MAIN=1, each after the one
+# before) continue it; every shipped file comes from round 8 (its block ends with the ship command).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:?usage: train_shipped.sh RUNS_DIR}
@@ -22,7 +22,7 @@ if [ -z "${SKIP_MAIN:-}" ]; then
 fi
 # The lowest rate point was fine-tuned at 3e-4; at that rate the higher points lost 2 dB to the main
 # model (fresh Adam steps undo the end of its cosine schedule), so they use 1e-4.
-if [ -z "${ROUND2:-}${ROUND3:-}${ROUND4:-}${ROUND5:-}${ROUND6:-}${ROUND7:-}" ]; then  # round 1 only
+if [ -z "${ROUND2:-}${ROUND3:-}${ROUND4:-}${ROUND5:-}${ROUND6:-}${ROUND7:-}${ROUND8:-}" ]; then  # round 1 only
 python -u train.py "${COMMON[@]}" --lambda 0.0025 -lr 3e-4 --epochs 1 --checkpoint "$MAIN" --no-continue_train \
     --save_path "$RUNS/finetune" --max-minutes 15
 for L in 0.006 0.03 0.08; do
@@ -84,7 +84,7 @@ if [ -n "${ROUND5:-}" ]; then
     #   $RUNS/round3/finetune/0.045/checkpoint_latest.pth.tar $RUNS/round5/finetune/0.15/checkpoint_latest.pth.tar
 fi
 
-# Rounds 6 and 7: the wider data, colour augmentation, 64² crops in batches of 8, lr 3e-4 on a cosine.
+# Rounds 6 to 8: the wider data, colour augmentation, 64² crops in batches of 8, lr 3e-4 on a cosine.
 R6=(-d "$RUNS/data" --model-config small --batch-size 8 --test-batch-size 8 --patch-size 64 64 --augment
     --colour-augment --repeat 4 --lr-schedule cosine --decoder-clamp -n 1 --save-every-steps 50 -lr 3e-4)
 if [ -n "${ROUND6:-}" ]; then
@@ -127,4 +127,20 @@ if [ -n "${ROUND7:-}" ]; then
     wait
     # then: python tools/ship_weights.py $RUNS/round7/prod/0.0003/checkpoint_latest.pth.tar \
     #   $RUNS/round7/prod/0.0008/… $RUNS/round7/prod/0.004/… $RUNS/round7/prod/0.15/…
+fi
+
+if [ -n "${ROUND8:-}" ]; then
+    # Round 8: round 7 again, from each round-7 file at its λ (models/weights/ as round 7 shipped them, commit
+    # 96be6fb), the four side by side on one thread each. The session's runs started at --epochs 60, were
+    # stopped with SIGTERM after 7 epochs (a session's end), continued with --continue_train at 50, stopped
+    # again after epoch 15 and continued at 40, so their first 15 epochs had a slightly higher learning rate
+    # than this command gives.
+    for QL in "q1 0.0003" "q2 0.0008" "q3 0.004" "q4 0.15"; do
+        set -- $QL
+        python -u train.py "${R6[@]}" --lambda "$2" --epochs 40 --checkpoint "models/weights/icwem-small-$1.pt" \
+            --no-continue_train --save_path "$RUNS/round8/prod" &
+    done
+    wait
+    # then: python tools/ship_weights.py $RUNS/round8/prod/0.0003/checkpoint_latest.pth.tar \
+    #   $RUNS/round8/prod/0.0008/… $RUNS/round8/prod/0.004/… $RUNS/round8/prod/0.15/…
 fi
