@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -121,9 +121,22 @@ def trained_lambda(obj: Mapping) -> Optional[float]:
     return value if value > 0 else None  # NaN (a shipped file without one) fails the comparison too
 
 
+def trained_lambdas(obj: Mapping) -> Optional[List[float]]:
+    """The MSE λs of a variable-rate checkpoint's rate points (a shipped file's ``lambdas``, a training
+    checkpoint's ``args["lambdas"]``), lowest rate first; else None."""
+    args = obj.get("args") if isinstance(obj.get("args"), Mapping) else {}
+    if args.get("type", "mse") != "mse":
+        return None
+    try:
+        return check_lambdas(obj.get("lambdas", args.get("lambdas")) or [])
+    except (TypeError, ValueError):
+        return None
+
+
 def load_checkpoint(path: Union[str, Path], map_location="cpu") -> ICWEM:
     """Load a checkpoint file into an ICWEM in eval mode with its entropy-coder tables rebuilt (and
-    ``lmbda``, the λ it was trained for, where the file records it)."""
+    ``lmbda``, the λ it was trained for, or a variable-rate model's ``lambdas``, where the file records
+    them)."""
     obj = read_checkpoint(path, map_location)
     sd, cfg = split_checkpoint(obj)
     try:
@@ -134,4 +147,6 @@ def load_checkpoint(path: Union[str, Path], map_location="cpu") -> ICWEM:
     model.eval()
     model.update(force=True)
     model.lmbda = trained_lambda(obj)
+    lambdas = trained_lambdas(obj) if model.rate_points else None
+    model.lambdas = lambdas if lambdas and len(lambdas) == model.rate_points else None
     return model

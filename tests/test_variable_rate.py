@@ -303,3 +303,31 @@ def test_test_py_writes_each_qualitys_files_to_its_own_folder(vr_checkpoint, tmp
     files = [tmp_path / "out" / f"q{q}" / "crop.icwem" for q in (1, 5)]
     assert all(f.is_file() for f in files) and files[0].stat().st_size < files[1].stat().st_size
     assert json.loads((tmp_path / "out" / "q5" / "results.json").read_text())["quality"] == 5.0
+
+
+def test_heldout_rd_ranks_each_quality_at_its_lambda_against_the_fixed_rate_checkpoint(vr_model, tmp_path, capsys):
+    """tools/heldout_rd.py codes a variable-rate checkpoint at each rate point, ranks each at λ(Q), and sets
+    each point beside the fixed-rate checkpoint of the same λ: at its reference λ (gain 1) the variable-rate
+    model is that checkpoint, so their R+λD agree; at the other λs it differs."""
+    from PIL import Image
+
+    from tools.heldout_rd import main as heldout_rd
+
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(photo("astronaut")[100:164, 180:244]).save(tmp_path / "photos" / "crop.png")
+    fixed, variable = tmp_path / "fixed.pth.tar", tmp_path / "vr.pth.tar"
+    torch.save({"state_dict": fixture_weights(), "args": {"lmbda": 0.01}}, fixed)
+    torch.save({"state_dict": vr_model.state_dict(), "model_config": vr_model.config,
+                "args": {"lambdas": list(LAMBDAS)}}, variable)
+    out = tmp_path / "rd.json"
+    assert heldout_rd([str(fixed), str(variable), "--data", str(tmp_path / "photos"), "--orders", "RGB", "BRG",
+                       "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    points = [m for m in report["models"] if m["quality"] is not None]
+    assert [m["quality"] for m in points] == [1, 2, 3, 4, 5] and [m["lambda"] for m in points] == list(LAMBDAS)
+    bpp = [m["summary"]["bpp"] for m in points]
+    assert all(a < b for a, b in zip(bpp, bpp[1:]))
+    assert points[2]["rd_loss_vs_fixed_pct"] == pytest.approx(0, abs=1e-6)
+    assert "rd_loss_vs_fixed_pct" not in points[0]  # no fixed-rate checkpoint at that λ
+    assert list(report["curves"]) == [str(variable)]  # one fixed-rate point is no curve; five are
+    assert "at λ 0.01: R+λD +0.00 %" in capsys.readouterr().out
