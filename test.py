@@ -15,7 +15,8 @@ megapixels, in memory that grows with the width only; --tile N sets the rows per
 each image whole (same bitstreams either way). --real --refine N refines each image's latents for N
 iterations before coding (docs/refinement.md). A variable-rate checkpoint (models/variable_rate.py) codes
 at each --quality (default: the middle of its range): with several, each quality's files and tables go
-to OUT/q<Q>/ and a table of the means per quality follows. Exit codes: 0 done, 1 user error.
+to OUT/q<Q>/, a table of the means per quality follows, and OUT/rd.json holds those means as one RD curve
+(eval.py --output's layout, plus the qualities). Exit codes: 0 done, 1 user error.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from utils.cli import add_max_pixels_argument, add_refine_arguments, add_tile_ar
 from utils.coding.bitstream import DEFAULT_MAX_PIXELS
 from models.refine import RefineOptions
 from utils.device import select_device
-from utils.evaluation.measure import RATE_ESTIMATE, RATE_REAL, code_images, format_table, load_model
+from utils.evaluation.measure import RATE_ESTIMATE, RATE_REAL, code_images, format_table, load_model, rd_results
+from utils.evaluation.results import write_results
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -67,6 +69,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  max_pixels=args.max_pixels, refine=refine, quality=quality, model=model)[1])
     if len(qualities) > 1:
         print("\n".join(format_table("quality", [(f"{q:g}", mean) for q, mean in zip(qualities, means)])))
+        if args.save_dir is not None:  # the sweep as one RD curve, as eval.py --output writes it
+            rate = RATE_REAL if args.real else RATE_ESTIMATE
+            write_results(Path(args.save_dir) / "rd.json", Path(args.checkpoint).name,
+                          f"{rate}; images: {args.data}; qualities: {', '.join(f'{q:g}' for q in qualities)}",
+                          rd_results(means) | {"quality": list(qualities)})
     if args.save_dir is not None:
         print(f"wrote {args.save_dir}/")
     return 0

@@ -303,6 +303,9 @@ def test_test_py_writes_each_qualitys_files_to_its_own_folder(vr_checkpoint, tmp
     files = [tmp_path / "out" / f"q{q}" / "crop.icwem" for q in (1, 5)]
     assert all(f.is_file() for f in files) and files[0].stat().st_size < files[1].stat().st_size
     assert json.loads((tmp_path / "out" / "q5" / "results.json").read_text())["quality"] == 5.0
+    curve = json.loads((tmp_path / "out" / "rd.json").read_text())["results"]
+    assert curve["quality"] == [1, 5] and curve["bpp"][0] < curve["bpp"][1]
+    assert curve["bpp"][1] == pytest.approx(json.loads((tmp_path / "out" / "q5" / "results.json").read_text())["mean"]["bpp"])
 
 
 def test_heldout_rd_ranks_each_quality_at_its_lambda_against_the_fixed_rate_checkpoint(vr_model, tmp_path, capsys):
