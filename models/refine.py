@@ -44,6 +44,7 @@ from tqdm import tqdm
 from utils.errors import UserError
 
 from .config import PRESETS
+from .variable_rate import RateSchedule, coder_domain, dequantize
 
 # Adam on the latents at LEARNING_RATE, decayed along a half cosine: Adam moves every latent by about the
 # learning rate whatever the size of its gradient, so the last steps must be small for a run to settle
@@ -150,11 +151,12 @@ def _bottleneck_likelihood(model: nn.Module, z_hat: Tensor) -> Tensor:
 
 def objective(
     model: nn.Module, x: Tensor, y: Tensor, z: Tensor, lmbda: float, region: Tuple[int, int],
-    rounding: Callable[[Tensor], Tensor] = hard_round,
+    rounding: Callable[[Tensor], Tensor] = hard_round, quality: Optional[float] = None,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Rate + λ·255²·MSE of coding ``y`` and ``z`` with ``rounding``, as the model trains and codes.
 
-    ``rounding`` acts on y − μ (slice by slice, through the model's own slice loop) and on z − median.
+    ``rounding`` acts on y − μ (slice by slice, through the model's own slice loop; a variable-rate model's
+    on (y − μ)·g at ``quality``, its coder's domain) and on z − median.
     Rate is the likelihood estimate in bits per pixel of the image (``region``: its height and width at
     the top left of the padded ``x``); MSE is that of the decoder's (clamped) picture over the region.
     Returns (objective, bpp, mse, ŷ before LRP, ẑ).
@@ -165,12 +167,15 @@ def objective(
     latent_means, latent_scales = model.hyper_synthesis(z_hat)
     gc = model.gaussian_conditional
     y_slices = y.chunk(model.num_slices, dim=1)
+    gains = model._slice_gains(quality, y_slices[0])
     quantised: List[Tensor] = []
     slice_bits: List[Tensor] = []
 
     def quantise(i: int, mu: Tensor, sigma: Tensor) -> Tensor:
-        y_q = rounding(y_slices[i] - mu) + mu
-        likelihood = gc._likelihood(y_q, sigma, mu)
+        y_c, mu_c, sigma_c = coder_domain(gains[i], y_slices[i], mu, sigma)
+        symbols = rounding(y_c - mu_c)
+        y_q = dequantize(gains[i], symbols, mu)
+        likelihood = gc._likelihood(symbols + mu_c, sigma_c, mu_c)
         if gc.use_likelihood_bound:
             likelihood = gc.likelihood_lower_bound(likelihood)
         slice_bits.append(-torch.log2(likelihood).sum())
@@ -223,6 +228,7 @@ def refine_latents(
     progress: bool = False,
     pixel_limit: Optional[int] = None,
     surrogate: str = SURROGATE,
+    quality: Optional[float] = None,
 ) -> Refinement:
     """Optimise the latents ``y`` (and ``z``) of the padded image ``x`` (1×3×H×W, [0, 1]) for
     rate + ``lmbda``·255²·MSE with every weight fixed; see the module docstring.
@@ -240,6 +246,7 @@ def refine_latents(
         progress: show a progress bar on stderr.
         pixel_limit: refuse images above this many pixels (default: ``max_pixels(model)``).
         surrogate: the rounding that gradients pass through, ``ste`` or ``sga`` (see the module docstring).
+        quality: a variable-rate model's, the one the file is coded at.
     """
     if x.shape[0] != 1:
         raise ValueError("refine_latents refines one image at a time")
@@ -255,7 +262,7 @@ def refine_latents(
     with _weights_frozen(model):
         def score(y_: Tensor, z_: Tensor) -> Tuple[float, float, float, Tensor, Tensor]:
             with torch.no_grad():
-                value, bpp, mse, y_q, z_q = objective(model, x, y_, z_, lmbda, region)
+                value, bpp, mse, y_q, z_q = objective(model, x, y_, z_, lmbda, region, quality=quality)
             return float(value), float(bpp), float(mse), y_q, z_q
 
         initial, bpp, mse, _, _ = score(y0, z0)
@@ -275,7 +282,7 @@ def refine_latents(
             for group in optimizer.param_groups:  # Adam steps ~lr whatever the gradient's size: let them shrink
                 group["lr"] = lr * learning_rate_factor(fraction)
             rounding = quantize_ste if surrogate == "ste" else lambda u: sga_round(u, tau, generator)
-            loss, bpp, mse, y_q, z_q = objective(model, x, y_var, z_var, lmbda, region, rounding)
+            loss, bpp, mse, y_q, z_q = objective(model, x, y_var, z_var, lmbda, region, rounding, quality)
             if surrogate == "ste":  # its forward pass rounds as the coder does: the loss scores this iterate
                 values = tuple(float(t.detach()) for t in (loss, bpp, mse))
                 best, scored = _keep_better(best, (*values, y_q.detach(), z_q.detach()), done), done
@@ -302,15 +309,27 @@ def _keep_better(best: Refinement, scored: Tuple[float, float, float, Tensor, Te
     return Refinement(y_q, z_q, best.initial, value, bpp, mse, best.iterations, iteration, best.seconds)
 
 
-def compress_refined(
-    model: nn.Module, x: Tensor, options: RefineOptions, region: Optional[Tuple[int, int]] = None
-) -> Tuple[dict, Refinement]:
-    """``model.compress(x)`` with the latents refined first: the same output, other symbols.
+def trained_lambda_at(model: nn.Module, quality: Optional[float]) -> Optional[float]:
+    """The λ the model was trained for at ``quality``: a fixed-rate model's own, a variable-rate model's
+    λ(Q) between the λs of its rate points (None where the checkpoint records none)."""
+    if quality is None:
+        return getattr(model, "lmbda", None)
+    lambdas = getattr(model, "lambdas", None)
+    return RateSchedule(lambdas).lmbda(quality) if lambdas else None
 
-    The size is checked before the analysis runs; λ is ``options.lmbda`` or the model's own.
+
+def compress_refined(
+    model: nn.Module, x: Tensor, options: RefineOptions, region: Optional[Tuple[int, int]] = None,
+    quality: Optional[float] = None,
+) -> Tuple[dict, Refinement]:
+    """``model.compress(x)`` (at a variable-rate model's ``quality``) with the latents refined first: the
+    same output, other symbols.
+
+    The size is checked before the analysis runs; λ is ``options.lmbda`` or the one the model was trained
+    for at that rate (``trained_lambda_at``).
     """
     check_size(model, *x.shape[-2:])
-    lmbda = options.lmbda if options.lmbda is not None else getattr(model, "lmbda", None)
+    lmbda = options.lmbda if options.lmbda is not None else trained_lambda_at(model, quality)
     if lmbda is None:
         raise UserError("--refine needs the λ the model was trained for, and this checkpoint does not record one; "
                         "pass it as --refine-lambda")
@@ -319,8 +338,9 @@ def compress_refined(
         z = model.h_a(y)
     max_seconds = None if options.max_minutes is None else 60.0 * options.max_minutes
     refined = refine_latents(model, x, y, z, lmbda, options.iterations, region, max_seconds,
-                             seed=options.seed, progress=options.progress, surrogate=options.surrogate)
+                             seed=options.seed, progress=options.progress, surrogate=options.surrogate,
+                             quality=quality)
     del y, z
     with torch.inference_mode():
-        out = model.compress_latents(refined.y, refined.z)
+        out = model.compress_latents(refined.y, refined.z, quality=quality)
     return out, refined

@@ -334,3 +334,32 @@ def test_heldout_rd_ranks_each_quality_at_its_lambda_against_the_fixed_rate_chec
     assert "rd_loss_vs_fixed_pct" not in points[0]  # no fixed-rate checkpoint at that λ
     assert list(report["curves"]) == [str(variable)]  # one fixed-rate point is no curve; five are
     assert "at λ 0.01: R+λD +0.00 %" in capsys.readouterr().out
+
+
+def test_refinement_codes_at_the_quality_and_ranks_at_its_lambda(vr_model, monkeypatch):
+    """--refine on a variable-rate model: the objective is coded in the gain's domain at Q and weighed with
+    λ(Q); zero iterations give the plain file, a few never raise the objective, and the file decodes to the
+    encoder's ŷ like any other."""
+    from models.refine import RefineOptions, objective, trained_lambda_at
+
+    monkeypatch.setattr(vr_model, "lambdas", list(LAMBDAS), raising=False)
+    assert trained_lambda_at(vr_model, 3) == pytest.approx(0.01)
+    assert trained_lambda_at(vr_model, 2.5) == pytest.approx(math.sqrt(0.005 * 0.01))
+    rgb = photo("astronaut")[100:164, 180:244]
+    plain, _ = encode_image(vr_model, rgb, quality=2.5)
+    zero, _ = encode_image(vr_model, rgb, RefineOptions(0), quality=2.5)
+    assert pack(zero) == pack(plain)
+    refined, stats = encode_image(vr_model, rgb, RefineOptions(3), quality=2.5)
+    result = stats["refine"]
+    assert result.objective <= result.initial and refined.quality == 2.5
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        y = vr_model.analysis(x)
+        z = vr_model.h_a(y)
+        plain_objective, bpp_q, mse, _, _ = objective(vr_model, x, y, z, trained_lambda_at(vr_model, 2.5), (64, 64),
+                                                      quality=2.5)
+        bpp_5 = objective(vr_model, x, y, z, 0.0, (64, 64), quality=5)[1]
+    assert result.initial == pytest.approx(float(plain_objective), rel=1e-5)  # ranked at λ(2.5), coded at 2.5
+    assert float(bpp_q) < float(bpp_5)  # a finer step costs more bits
+    decoded, _ = decode_bitstream(vr_model, unpack(pack(refined)))
+    assert decoded.shape == rgb.shape

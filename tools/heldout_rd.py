@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import load_checkpoint  # noqa: E402
 from models.zoo import expand_shipped  # noqa: E402
 from tools.demo_steps import DEFAULT_TEST_PHOTOS, SWEEP, load_photo, shrink  # noqa: E402
-from models.variable_rate import RateSchedule  # noqa: E402
+from models.refine import trained_lambda_at  # noqa: E402
 from utils.cli import positive_number, run_cli  # noqa: E402
 from utils.evaluation.bd import bd_rate  # noqa: E402
 from utils.evaluation.colour import ORDER_NAMES, AnchorCurve, colour_rows, reorder, spread_db, summarise  # noqa: E402
@@ -63,14 +63,6 @@ def qualities_of(model, requested: list[float] | None) -> list[float | None]:
     if not getattr(model, "rate_points", 0):
         return [None]
     return [float(q) for q in (requested or range(1, model.rate_points + 1))]
-
-
-def objective_lambda(model, quality: float | None) -> float | None:
-    """The λ whose objective R + λD ranks this point: the checkpoint's own, or λ(Q) of a variable-rate model."""
-    if quality is None:
-        return getattr(model, "lmbda", None)
-    lambdas = getattr(model, "lambdas", None)
-    return RateSchedule(lambdas).lmbda(quality) if lambdas else None
 
 
 def print_bd(label: str, anchor: tuple, test: tuple) -> float:
@@ -126,7 +118,7 @@ def main(argv=None) -> int:
                 return fields["bpp"], decoded
 
             label = str(checkpoint) if quality is None else f"{checkpoint} Q{quality:g}"
-            lmbda = objective_lambda(model, quality)
+            lmbda = trained_lambda_at(model, quality)
             rows = colour_rows(code, photos, anchors["jpeg"], args.orders)
             webp = [np.log(r.bpp / anchors["webp"][(r.photo, r.order)].rate_at(r.psnr)) for r in rows]
             webp = [w for w in webp if np.isfinite(w)]

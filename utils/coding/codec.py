@@ -76,8 +76,6 @@ def encode_image(
     a fixed-rate model's file is version 3.
     """
     quality = coding_quality(model, quality)
-    if quality is not None and refine is not None and refine.iterations > 0:
-        raise UserError("--refine is not available for variable-rate checkpoints yet")
     height, width = rgb_uint8.shape[:2]
     fingerprint = model_fingerprint(model)
     device = next(model.parameters()).device
@@ -90,7 +88,7 @@ def encode_image(
             out = model.compress(pad(to_tensor(rgb_uint8).to(device), padding), **rate)  # not kept: freed after the analysis
     else:
         out, extra["refine"] = compress_refined(model, pad(to_tensor(rgb_uint8).to(device), padding), refine,
-                                                (height, width))
+                                                (height, width), quality)
     encode_s = time.perf_counter() - start
 
     (y_string,), (z_string,) = out["strings"]
