@@ -13,7 +13,8 @@ from PIL import Image
 
 from conftest import photo, run_in_process
 from models import load_checkpoint, read_checkpoint
-from models.zoo import MANIFEST, default_quality, expand_shipped, shipped_by_fingerprint, shipped_models, shipped_path
+from models.zoo import (MANIFEST, default_quality, expand_shipped, shipped_by_fingerprint, shipped_by_quality,
+                        shipped_models, shipped_path)
 from utils.coding.bitstream import read_file
 from utils.errors import UserError
 from utils.image_io import read_image
@@ -27,12 +28,13 @@ def run(*args) -> subprocess.CompletedProcess:
 
 
 def test_manifest_lists_at_least_four_rate_points_in_order():
-    models = shipped_models()
+    models = [m for m in shipped_models() if not m.get("rate_points")]
     assert len(models) >= 4
     assert [m["quality"] for m in models] == list(range(1, len(models) + 1))
     lambdas = [m["lambda"] for m in models]
     assert lambdas == sorted(lambdas) and len(set(lambdas)) == len(lambdas)
-    assert default_quality() == models[len(models) // 2]["quality"]
+    if len(models) == len(shipped_models()):  # no variable-rate model, which would take the middle of its range
+        assert default_quality() == models[len(models) // 2]["quality"]
 
 
 @pytest.mark.parametrize("entry", shipped_models(), ids=lambda e: e["name"])
@@ -94,6 +96,48 @@ def test_ship_weights_replaces_moves_and_keeps_rate_points(tiny_model, tiny_conf
     assert after[0]["fingerprint"] not in {e["fingerprint"] for e, _ in before.values()}
 
 
+def test_ship_weights_ships_a_variable_rate_model_beside_the_fixed_rate_files(tiny_model, tiny_config, tmp_path,
+                                                                             monkeypatch):
+    """--variable-rate writes <name>-vr with its λs and a pinned measurement per rate point; --quality then
+    takes any Q in [1, K] from it, the default is the middle of that range, and the fixed-rate files stay."""
+    import models.zoo as zoo
+    import tools.ship_weights as ship
+    from models.checkpoint import variable_rate_from_fixed
+
+    for module in (zoo, ship):
+        monkeypatch.setattr(module, "WEIGHTS_DIR", tmp_path)
+        monkeypatch.setattr(module, "MANIFEST", tmp_path / "manifest.json")
+    monkeypatch.setattr(ship, "check_crop", lambda: photo("chelsea")[22:86, 97:161])  # quicker than 256x256
+    fixed = tmp_path / "run-0.01.pth.tar"
+    torch.save({"state_dict": tiny_model.state_dict(), "model_config": tiny_config, "args": {"lmbda": 0.01}}, fixed)
+    lambdas = [0.0025, 0.005, 0.01, 0.02, 0.04]
+    vr = variable_rate_from_fixed(tiny_model.state_dict(), dict(tiny_config, rate_points=5), lambdas, 0.01)
+    variable = tmp_path / "run-vr.pth.tar"
+    torch.save({"state_dict": vr.state_dict(), "model_config": vr.config, "args": {"lambdas": lambdas}}, variable)
+
+    assert ship.main([str(fixed), "--name", "t", "--variable-rate", str(variable)]) == 0
+    entry = zoo.variable_rate_model()
+    assert entry["name"] == "t-vr" and entry["rate_points"] == 5 and entry["lambdas"] == lambdas
+    assert [c["quality"] for c in entry["checks"]] == [1, 2, 3, 4, 5]
+    bpp = [c["bpp"] for c in entry["checks"]]
+    assert all(a < b for a, b in zip(bpp, bpp[1:]))
+    shipped = load_checkpoint("t-vr")
+    assert read_checkpoint(tmp_path / "t-vr.pt")["state_dict"]["rate_gain.log_base"].dtype == torch.float16
+    assert shipped.fingerprint().hex() == entry["fingerprint"] and shipped.lambdas == lambdas
+    assert zoo.shipped_by_quality(2.5) == (tmp_path / "t-vr.pt", 2.5) and zoo.default_quality() == 3.0
+    assert zoo.shipped_by_fingerprint(bytes.fromhex(zoo.shipped_models()[0]["fingerprint"])) == tmp_path / "t-q1.pt"
+
+    data = (tmp_path / "t-vr.pt").read_bytes()
+    assert ship.main(["t-q1", "--name", "t", "--variable-rate", "t-vr"]) == 0  # kept, measured again
+    assert (tmp_path / "t-vr.pt").read_bytes() == data and zoo.variable_rate_model()["checks"] == entry["checks"]
+    with pytest.raises(UserError, match="fixed-rate checkpoint"):
+        ship.main(["t-q1", "--name", "t", "--variable-rate", str(fixed)])
+    before = {path.name: path.read_bytes() for path in tmp_path.glob("t-*.pt")}
+    with pytest.raises(UserError, match="--variable-rate"):
+        ship.main([str(variable), "--name", "t"])
+    assert {path.name: path.read_bytes() for path in tmp_path.glob("t-*.pt")} == before  # refused before writing
+
+
 def test_unknown_names_are_paths_and_shipped_expands():
     with pytest.raises(UserError, match="checkpoint not found: icwem-small-q99"):
         read_checkpoint("icwem-small-q99")
@@ -112,7 +156,7 @@ def test_codec_round_trip_with_no_checkpoint_argument(image, tmp_path):
     encoded, decoded = tmp_path / "coffee.icwem", tmp_path / "coffee.png"
     result = run("codec.py", "encode", str(image), "-o", str(encoded))
     assert result.returncode == 0, result.stderr
-    middle = next(m for m in shipped_models() if m["quality"] == default_quality())
+    middle = next(m for m in shipped_models() if shipped_path(m) == shipped_by_quality(default_quality())[0])
     assert read_file(encoded).fingerprint.hex() == middle["fingerprint"]
     result = run("codec.py", "decode", str(encoded), "-o", str(decoded))
     assert result.returncode == 0, result.stderr
@@ -151,11 +195,14 @@ def test_each_model_codes_the_held_out_crop_as_its_card_says(entry):
     import tools.ship_weights as ship
     from utils.evaluation.measure import measure_image
 
-    card = entry["check"]
-    assert (card["photo"], tuple(card["crop"])) == (ship.CHECK_PHOTO, ship.CHECK_CROP)
-    fields, _ = measure_image(load_checkpoint(shipped_path(entry)), ship.check_crop(), real=True)
-    assert fields["bpp"] == pytest.approx(card["bpp"], rel=0.01)
-    assert fields["psnr"] == pytest.approx(card["psnr"], abs=0.05)
+    model = load_checkpoint(shipped_path(entry))
+    cards = entry.get("checks") or [entry["check"]]  # a variable-rate model: one per rate point
+    assert len(cards) == entry.get("rate_points", 1)
+    for card in cards:
+        assert (card["photo"], tuple(card["crop"])) == (ship.CHECK_PHOTO, ship.CHECK_CROP)
+        fields, _ = measure_image(model, ship.check_crop(), real=True, quality=card.get("quality"))
+        assert fields["bpp"] == pytest.approx(card["bpp"], rel=0.01)
+        assert fields["psnr"] == pytest.approx(card["psnr"], abs=0.05)
 
 
 def test_the_default_model_does_not_care_which_channel_is_which():
@@ -164,7 +211,8 @@ def test_the_default_model_does_not_care_which_channel_is_which():
     from utils.evaluation.colour import ORDER_NAMES, reorder
     from utils.evaluation.measure import measure_image
 
-    model = load_checkpoint(shipped_path(next(e for e in shipped_models() if e["quality"] == default_quality())))
-    psnrs = {o: measure_image(model, reorder(ship.check_crop(), ["RGB".index(c) for c in o]), real=True)[0]["psnr"]
-             for o in ORDER_NAMES}
+    path, quality = shipped_by_quality(default_quality())
+    model = load_checkpoint(path)
+    psnrs = {o: measure_image(model, reorder(ship.check_crop(), ["RGB".index(c) for c in o]), real=True,
+                              quality=quality)[0]["psnr"] for o in ORDER_NAMES}
     assert max(psnrs.values()) - min(psnrs.values()) < 1.5, psnrs

@@ -12,6 +12,14 @@ replaced; in another place the file moves to that quality, so a new lowest point
 
     python tools/ship_weights.py icwem-small-q1 icwem-small-q2 RUN/0.013/checkpoint_best.pth.tar …
     python tools/ship_weights.py RUN/0.0003/checkpoint_latest.pth.tar icwem-small-q1 icwem-small-q2 …
+
+A variable-rate training checkpoint (``train.py --lambdas``) ships beside the fixed-rate files as
+``<name>-vr``: its manifest entry has ``rate_points`` and ``lambdas`` instead of a quality, and a pinned
+measurement per rate point (``checks``). ``codec.py encode --quality Q`` then takes any Q in [1, K] from
+it, and the fixed-rate files stay so that the files they wrote still decode:
+
+    python tools/ship_weights.py icwem-small-q1 icwem-small-q2 icwem-small-q3 icwem-small-q4 \
+        --variable-rate RUN/0.0003-0.15/checkpoint_latest.pth.tar
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import hashlib
 import json
 import sys
 from pathlib import Path
-from typing import Collection
+from typing import Collection, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -47,10 +55,57 @@ def check_crop() -> np.ndarray:
     return load_photo(CHECK_PHOTO)[top:top + height, left:left + width]
 
 
-def measure_check(model) -> dict:
-    """The pinned measurement of one model: bpp of the real file and PSNR of its decoding."""
-    fields, _ = measure_image(model, check_crop(), real=True)
-    return {"photo": CHECK_PHOTO, "crop": list(CHECK_CROP), "bpp": fields["bpp"], "psnr": fields["psnr"]}
+def measure_check(model, quality: Optional[float] = None) -> dict:
+    """The pinned measurement of one model (at a variable-rate model's ``quality``): bpp of the real file
+    and PSNR of its decoding."""
+    fields, _ = measure_image(model, check_crop(), real=True, quality=quality)
+    rate = {} if quality is None else {"quality": quality}
+    return {**rate, "photo": CHECK_PHOTO, "crop": list(CHECK_CROP), "bpp": fields["bpp"], "psnr": fields["psnr"]}
+
+
+def write_half(path: str, out: Path, variable_rate: bool) -> dict:
+    """Write training checkpoint ``path`` (a variable-rate one if ``variable_rate``, else a fixed-rate one)
+    as a shipped float16 file ``out``; returns what the manifest says of it: λ (or a variable-rate model's
+    λs and rate points), fingerprint, SHA-256 and size."""
+    ckpt = read_checkpoint(path)
+    state_dict, config = split_checkpoint(ckpt)
+    if config is None:
+        raise UserError(f"{path}: not one of our training checkpoints (no model_config)")
+    args = ckpt.get("args", {})
+    if bool(args.get("lambdas")) != variable_rate:  # before anything is written
+        raise UserError(f"{path}: a variable-rate checkpoint; ship it with --variable-rate" if args.get("lambdas") else
+                        f"--variable-rate {path}: a fixed-rate checkpoint (it was trained for one λ)")
+    rate = ({"lambdas": [float(v) for v in args["lambdas"]]} if variable_rate
+            else {"lambda": float(args.get("lmbda", float("nan")))})
+    buffers = {key for key, _ in model_from_state_dict(state_dict, config).named_buffers()}
+    torch.save({"state_dict": half_state_dict(state_dict, buffers), "model_config": config, **rate,
+                "step": ckpt.get("step"), "epoch": ckpt.get("epoch")}, out,
+               # The zip format pads each of the ~1,600 tensors to 64 bytes: 0.25 MB more per file.
+               _use_new_zipfile_serialization=False)
+    model = load_checkpoint(out)  # the shipped model is the rounded one
+    if "lambdas" in rate:
+        if model.lambdas is None:
+            raise UserError(f"{path}: a variable-rate model of {model.rate_points} rate points with λs {rate['lambdas']}")
+        rate["rate_points"] = model.rate_points
+    return {**rate, "file": out.name, "fingerprint": model.fingerprint().hex(),
+            "sha256": hashlib.sha256(out.read_bytes()).hexdigest(), "bytes": out.stat().st_size}
+
+
+def ship_variable_rate(path: str, name: str, shipped: dict) -> dict:
+    """The manifest entry of the variable-rate file ``name``: ``path`` written as it (or, if ``path`` is that
+    shipped name, the file kept), measured at each of its rate points."""
+    out = WEIGHTS_DIR / f"{name}.pt"
+    if path == name and name in shipped:
+        entry = {k: v for k, v in shipped[name].items() if k != "checks"}
+    elif path in shipped:
+        raise UserError(f"--variable-rate {path}: a shipped variable-rate model is kept under its own name only")
+    else:
+        entry = {"name": name, **write_half(path, out, variable_rate=True)}
+    model = load_checkpoint(out)
+    entry["checks"] = [measure_check(model, float(q)) for q in range(1, model.rate_points + 1)]
+    print(f"{out}: variable rate, {model.rate_points} rate points, λ {entry['lambdas']}, "
+          f"{entry['bytes'] / 1e6:.2f} MB, fingerprint {entry['fingerprint']}")
+    return entry
 
 
 def half_state_dict(state_dict: dict, keep: Collection[str] = ()) -> dict:
@@ -62,6 +117,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+", help="training checkpoints, lowest rate first")
     p.add_argument("--name", default="icwem-small", help="file and model name prefix")
+    p.add_argument("--variable-rate", metavar="CHECKPOINT",
+                   help="also ship this variable-rate checkpoint as <name>-vr (or keep it: --variable-rate <name>-vr)")
     args = p.parse_args(argv)
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -71,6 +128,8 @@ def main(argv=None) -> int:
     for quality, path in enumerate(args.checkpoints, start=1):
         name = f"{args.name}-q{quality}"
         out = WEIGHTS_DIR / f"{name}.pt"
+        if path in shipped and shipped[path].get("rate_points"):
+            raise UserError(f"{path}: the shipped variable-rate model; keep it with --variable-rate {path}")
         if path in shipped:
             if path != name:
                 out.write_bytes(moving[path])
@@ -78,23 +137,12 @@ def main(argv=None) -> int:
                             "check": measure_check(load_checkpoint(out))})
             print(f"{out}: {'kept' if path == name else 'moved from ' + path} (fingerprint {shipped[path]['fingerprint']})")
             continue
-        ckpt = read_checkpoint(path)
-        state_dict, config = split_checkpoint(ckpt)
-        if config is None:
-            raise UserError(f"{path}: not one of our training checkpoints (no model_config)")
-        lmbda = float(ckpt.get("args", {}).get("lmbda", float("nan")))
-        buffers = {key for key, _ in model_from_state_dict(state_dict, config).named_buffers()}
-        torch.save({"state_dict": half_state_dict(state_dict, buffers), "model_config": config, "lambda": lmbda,
-                    "step": ckpt.get("step"), "epoch": ckpt.get("epoch")}, out,
-                   # The zip format pads each of the ~1,600 tensors to 64 bytes: 0.25 MB more per file.
-                   _use_new_zipfile_serialization=False)
-        model = load_checkpoint(out)  # the shipped model is the rounded one
-        entries.append({"name": name, "quality": quality, "lambda": lmbda, "file": out.name,
-                        "fingerprint": model.fingerprint().hex(),
-                        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(), "bytes": out.stat().st_size,
-                        "check": measure_check(model)})
-        print(f"{out}: quality {quality}, lambda {lmbda:g}, {out.stat().st_size / 1e6:.2f} MB, "
-              f"fingerprint {entries[-1]['fingerprint']}")
+        written = write_half(path, out, variable_rate=False)
+        entries.append({"name": name, "quality": quality, **written, "check": measure_check(load_checkpoint(out))})
+        print(f"{out}: quality {quality}, lambda {written['lambda']:g}, {written['bytes'] / 1e6:.2f} MB, "
+              f"fingerprint {written['fingerprint']}")
+    if args.variable_rate:
+        entries.append(ship_variable_rate(args.variable_rate, f"{args.name}-vr", shipped))
     MANIFEST.write_text(json.dumps({"models": entries}, indent=2) + "\n")
     print(f"wrote {MANIFEST}")
     return 0
