@@ -6,7 +6,10 @@
 Without --checkpoint, encode uses the shipped model of --quality (default: the middle rate point) and
 decode finds the shipped model by the fingerprint the file records. A variable-rate checkpoint
 (models/variable_rate.py) codes at any --quality Q in [1, K], fractional ones included (default: the
-middle); its files record Q (format version 4) and decode needs no flag for it. encode --refine N optimises the
+middle); its files record Q (format version 4) and decode needs no flag for it. encode codes the image in
+whichever of its six channel orders the model codes best, on a small proxy of it (utils/coding/channel_order.py;
+the file records the order, decode restores it), so the result does not depend on which channel is which;
+--keep-channel-order skips that search. encode --refine N optimises the
 image's latents for N iterations before coding them (docs/refinement.md): a smaller file at the same
 quality, decoded by the same decode; --refine-minutes bounds its time, and images above its memory
 limit are refused before any work.
@@ -51,6 +54,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     add_bf16_argument(enc)
     add_cuda_argument(enc)
     add_refine_arguments(enc)
+    enc.add_argument("--keep-channel-order", action="store_true",
+                     help="code the image in its own channel order instead of the best of the six (quicker)")
     enc.set_defaults(run=encode)
     dec = commands.add_parser("decode", help=".icwem bitstream file -> PNG")
     dec.add_argument("input", help=".icwem file")
@@ -128,6 +133,7 @@ def encode(args: argparse.Namespace) -> int:
 
     from models import load_checkpoint
     from models.refine import RefineOptions
+    from utils.coding.channel_order import name as channel_order_name
     from utils.coding.codec import encode_image
 
     checkpoint, quality = encoder_checkpoint(args)
@@ -137,12 +143,14 @@ def encode(args: argparse.Namespace) -> int:
                         "give --checkpoint or --quality, not both (--quality then picks a shipped model)")
     apply_speed_options(model, args)
     refine = RefineOptions(args.refine, args.refine_lambda, args.refine_minutes, progress=True)
-    bs, stats = encode_image(model, rgb, refine, quality)  # an image too large to refine is refused before any work
+    order = 0 if args.keep_channel_order else None
+    bs, stats = encode_image(model, rgb, refine, quality, order)  # an image too large to refine is refused before any work
     num_bytes = write_file(args.output, bs)
     print(
         f"{args.output}: {bs.width}x{bs.height}, {num_bytes} bytes, {stats['bpp']:.4f} bpp "
         f"(header and checksum included), encoded in {stats['encode_s']:.2f} s"
         + (f" at quality {bs.quality:g}" if bs.quality is not None else "")
+        + (f", channels coded as {channel_order_name(bs.channel_order)}" if bs.channel_order else "")
     )
     if "refine" in stats:
         r = stats["refine"]

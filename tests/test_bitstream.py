@@ -116,8 +116,8 @@ def test_bad_magic():
 
 def test_unsupported_version():
     data = bytearray(pack(_bitstream()))
-    data[5] = 5
-    assert "version 5" in _unpack_error(bytes(data))
+    data[5] = 7
+    assert "version 7" in _unpack_error(bytes(data))
 
 
 def test_version_4_round_trip_records_the_quality():

@@ -17,7 +17,9 @@ the change in R+λD against it (issue 24's comparison at equal training):
 
     python tools/heldout_rd.py runs/r8/prod/*/checkpoint_latest.pth.tar runs/vr1/prod/0.0003-0.15/checkpoint_latest.pth.tar
 
-Rates are estimated from the likelihoods unless --real. See utils/evaluation/colour.py.
+Each image is coded as codec.py codes it: in the best of its six channel orders (utils/coding/channel_order.py),
+which makes a photo's six orders code alike; --keep-channel-order measures the model alone, each image in its
+own order. Rates are estimated from the likelihoods unless --real. See utils/evaluation/colour.py.
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-side", type=int, help="shrink every photo to this longer side first (quicker)")
     p.add_argument("--quality", type=positive_number("quality"), nargs="+", metavar="Q",
                    help="the qualities to code a variable-rate checkpoint at (default: each of its rate points)")
+    p.add_argument("--keep-channel-order", action="store_true",
+                   help="code each image in its own channel order: the model's own spread, without the encoder's search")
     p.add_argument("--json", type=Path, help="write every row and summary here")
     args = p.parse_args(argv)
     torch.manual_seed(0)
@@ -107,14 +111,16 @@ def main(argv=None) -> int:
     anchors = {codec: {(name, order): AnchorCurve.sweep(codec, reorder(rgb, [ "RGB".index(c) for c in order]), SWEEP)
                        for name, rgb in photos.items() for order in args.orders} for codec in ANCHORS}
 
-    report = {"photos": list(photos), "orders": args.orders, "real": args.real, "models": []}
+    report = {"photos": list(photos), "orders": args.orders, "real": args.real,
+              "channel_order_search": not args.keep_channel_order, "models": []}
     print(f"{'checkpoint':<58} {'bpp':>7} {'PSNR':>7} {'ΔPSNR JPEG':>10} {'rate vs JPEG':>12} {'vs WebP':>8} {'spread':>7} {'in':>3} {'R+λD':>7}")
     for checkpoint in checkpoints:
         model = load_checkpoint(checkpoint, map_location="cpu")
         for quality in qualities_of(model, args.quality):
 
             def code(rgb: np.ndarray) -> tuple[float, np.ndarray]:
-                fields, decoded = measure_image(model, rgb, args.real, quality=quality)
+                fields, decoded = measure_image(model, rgb, args.real, quality=quality,
+                                                channel_order=0 if args.keep_channel_order else None)
                 return fields["bpp"], decoded
 
             label = str(checkpoint) if quality is None else f"{checkpoint} Q{quality:g}"

@@ -1,6 +1,7 @@
 """The ``.icwem`` file: one coded image, self-describing and checksummed.
 
-Layout (little-endian), version 3 (fixed-rate models; version 4 adds the quality, below)::
+Layout (little-endian), version 3 (fixed-rate models; version 4 adds the quality, versions 5 and 6 a
+channel order, below)::
 
     offset  size  field
          0     5  magic b"ICWEM"
@@ -25,7 +26,15 @@ Version 4 is written for a variable-rate model (``models/variable_rate.py``) and
 with the quality Q the image was coded at (float64, offset 54) after the coder check, so its strings
 start at offset 62. A reader accepts only a finite Q in [1, MAX_QUALITY]; the decoder then requires a
 variable-rate checkpoint with Q in its range [1, K] (``utils/coding/codec.py``). Files of fixed-rate
-models stay version 3, byte for byte as before. Version 2 is the same with y as one rANS stream however large the image;
+models stay version 3, byte for byte as before.
+
+Versions 5 and 6 are versions 3 and 4 with one more byte after the header's last field: the channel
+order the encoder coded the image in (``utils/coding/channel_order.py``), an index 1 to 5 into
+``CHANNEL_ORDERS`` (the strings start at offset 55 and 63). An image coded in its own order (index 0)
+is written as version 3 or 4, byte for byte as before the search existed; a version-5 or -6 header with
+index 0, or above 5, is refused. The order also enters the stored coder check (``channel_order.seal``),
+so a file whose order byte was changed, its CRC recomputed, is refused instead of decoding to a
+picture with its colours swapped. Version 2 is the same with y as one rANS stream however large the image;
 version 1 is version 2 without the coder check (the strings start at offset 50), its strings coded
 as the original implementation coded them (float32 parameters, CompressAI's tables). Both are still
 read (``utils/coding/codec.py: decoder_options``).
@@ -54,7 +63,11 @@ PathLike = Union[str, Path]
 MAGIC = b"ICWEM"
 VERSION = 3  # what a fixed-rate model's files are
 VARIABLE_RATE_VERSION = 4  # what a variable-rate model's files are: version 3 and the quality
-READABLE_VERSIONS = (1, 2, 3, 4)
+# Versions 5 and 6: versions 3 and 4 with the channel order the image was coded in (1 to 5; 0 is written as 3 or 4).
+ORDER_VERSION = {VERSION: 5, VARIABLE_RATE_VERSION: 6}
+QUALITY_VERSIONS = (VARIABLE_RATE_VERSION, ORDER_VERSION[VARIABLE_RATE_VERSION])
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
+NUM_CHANNEL_ORDERS = 6
 # The largest quality a version-4 header may hold: a bound on the number of rate points of any model.
 MAX_QUALITY = 255.0
 FINGERPRINT_BYTES = 16
@@ -65,6 +78,8 @@ MAX_SIDE = 65535
 _HEADERS = {1: struct.Struct("<5sB16sII4H2HII"), 2: struct.Struct("<5sB16sII4H2HIII")}
 _HEADERS[3] = _HEADERS[2]
 _HEADERS[4] = struct.Struct("<5sB16sII4H2HIIId")
+_HEADERS[5] = struct.Struct("<5sB16sII4H2HIIIB")
+_HEADERS[6] = struct.Struct("<5sB16sII4H2HIIIdB")
 _HEADER = _HEADERS[VERSION]
 _CRC = struct.Struct("<I")
 HEADER_BYTES = _HEADER.size
@@ -82,7 +97,9 @@ class Bitstream:
     hyper-latent's spatial size, which the decoder needs before it can decode ``z_string``. ``check``
     is the coder check (``models.entropy.CoderCheck``); None for a version-1 file, which has none.
     ``version`` says how ``y_string`` is laid out (see the module docstring). ``quality``: the quality a
-    variable-rate model coded the image at (version 4 only); None in every other version.
+    variable-rate model coded the image at (versions 4 and 6 only); None in every other version.
+    ``channel_order``: the index into ``CHANNEL_ORDERS`` of the order the image was coded in (versions 5 and
+    6, 1 to 5); 0 (its own order) in every other version.
     """
 
     height: int
@@ -95,19 +112,24 @@ class Bitstream:
     check: Optional[int] = None
     version: int = VERSION
     quality: Optional[float] = None
+    channel_order: int = 0
 
 
 def pack(bs: Bitstream) -> bytes:
-    """Serialise a ``Bitstream`` to the bytes of an ``.icwem`` file of its version, 2 to 4 (see the module docstring)."""
+    """Serialise a ``Bitstream`` to the bytes of an ``.icwem`` file of its version, 2 to 6 (see the module docstring)."""
     problem = _geometry_problem(bs.height, bs.width, bs.pad, bs.z_shape)
     if problem is None and len(bs.fingerprint) != FINGERPRINT_BYTES:
         problem = f"fingerprint must be {FINGERPRINT_BYTES} bytes, got {len(bs.fingerprint)}"
-    if problem is None and bs.version not in (2, 3, 4):
-        problem = f"can only write format versions 2 to 4, not {bs.version}"
-    if problem is None and bs.version == VARIABLE_RATE_VERSION:
+    if problem is None and bs.version not in (2, 3, 4, 5, 6):
+        problem = f"can only write format versions 2 to 6, not {bs.version}"
+    if problem is None and bs.version in QUALITY_VERSIONS:
         problem = _quality_problem(bs.quality)
     elif problem is None and bs.quality is not None:
-        problem = f"a quality is written only in version {VARIABLE_RATE_VERSION}, not {bs.version}"
+        problem = f"a quality is written only in version {VARIABLE_RATE_VERSION} (or {ORDER_VERSION[VARIABLE_RATE_VERSION]}), not {bs.version}"
+    if problem is None and bs.version in ORDER_VERSION.values():
+        problem = _order_problem(bs.channel_order)
+    elif problem is None and bs.channel_order != 0:
+        problem = f"a channel order is written only in versions {tuple(ORDER_VERSION.values())}, not {bs.version}"
     if problem is None and not (isinstance(bs.check, int) and 0 <= bs.check < 2**32):
         problem = f"coder check must be a 32-bit unsigned integer, got {bs.check!r}"
     if problem is None and max(len(bs.y_string), len(bs.z_string)) >= 2**32:
@@ -125,7 +147,8 @@ def pack(bs: Bitstream) -> bytes:
         len(bs.y_string),
         len(bs.z_string),
         bs.check,
-        *([bs.quality] if bs.version == VARIABLE_RATE_VERSION else []),
+        *([bs.quality] if bs.version in QUALITY_VERSIONS else []),
+        *([bs.channel_order] if bs.version in ORDER_VERSION.values() else []),
     )
     body = header + bytes(bs.z_string) + bytes(bs.y_string)
     return body + _CRC.pack(zlib.crc32(body))
@@ -159,11 +182,14 @@ def unpack(data: bytes) -> Bitstream:
     fields = header.unpack_from(data)
     _, _, fingerprint, height, width, top, bottom, left, right, z_h, z_w, y_len, z_len = fields[:13]
     check = fields[13] if version >= 2 else None
-    quality = fields[14] if version == VARIABLE_RATE_VERSION else None
+    quality = fields[14] if version in QUALITY_VERSIONS else None
+    channel_order = fields[-1] if version in ORDER_VERSION.values() else 0
     pad, z_shape = (top, bottom, left, right), (z_h, z_w)
     problem = _geometry_problem(height, width, pad, z_shape)
-    if problem is None and version == VARIABLE_RATE_VERSION:
+    if problem is None and version in QUALITY_VERSIONS:
         problem = _quality_problem(quality)
+    if problem is None and version in ORDER_VERSION.values():
+        problem = _order_problem(channel_order)
     if problem is not None:
         raise UserError(f"corrupted header: {problem}")
     if overhead + y_len + z_len != len(data):
@@ -184,6 +210,7 @@ def unpack(data: bytes) -> Bitstream:
         check=check,
         version=version,
         quality=quality,
+        channel_order=channel_order,
     )
 
 
@@ -230,6 +257,14 @@ def _quality_problem(quality: Optional[float]) -> Optional[str]:
     """Why ``quality`` cannot be a version-4 file's, or None: it must be a finite float in [1, MAX_QUALITY]."""
     if not isinstance(quality, float) or not 1.0 <= quality <= MAX_QUALITY:  # NaN fails the comparison
         return f"quality {quality!r} is not a number in [1, {MAX_QUALITY:g}]"
+    return None
+
+
+def _order_problem(order: int) -> Optional[str]:
+    """Why ``order`` cannot be a version-5 or -6 file's channel order, or None: an index 1 to 5 (0, the image's
+    own order, is written as version 3 or 4)."""
+    if not (isinstance(order, int) and 1 <= order < NUM_CHANNEL_ORDERS):
+        return f"channel order {order!r} is not an index in 1..{NUM_CHANNEL_ORDERS - 1}"
     return None
 
 

@@ -21,7 +21,9 @@ from torch import nn
 
 from models.refine import RefineOptions, compress_refined
 
-from .bitstream import DEFAULT_MAX_PIXELS, VARIABLE_RATE_VERSION, VERSION, Bitstream, file_size, pixel_limit_problem
+from . import channel_order as channel_orders
+from .bitstream import (DEFAULT_MAX_PIXELS, ORDER_VERSION, VARIABLE_RATE_VERSION, VERSION, Bitstream, file_size,
+                        pixel_limit_problem)
 from ..errors import UserError
 from ..image_io import to_tensor, to_uint8
 from ..metrics import bpp_from_bytes
@@ -63,7 +65,8 @@ def coding_quality(model: nn.Module, quality: Optional[float]) -> Optional[float
 
 
 def encode_image(
-    model: nn.Module, rgb_uint8: np.ndarray, refine: Optional[RefineOptions] = None, quality: Optional[float] = None
+    model: nn.Module, rgb_uint8: np.ndarray, refine: Optional[RefineOptions] = None, quality: Optional[float] = None,
+    channel_order: Optional[int] = None,
 ) -> tuple[Bitstream, dict]:
     """Code an HxWx3 uint8 image; returns the bitstream and ``{"bytes", "bpp", "encode_s"}``.
 
@@ -73,15 +76,22 @@ def encode_image(
     (models/refine.py; the stats then hold its ``Refinement`` as ``refine``); the file format and the
     decoder are the same, and without iterations the bytes are exactly the plain encoder's. A
     variable-rate model codes at ``quality`` (``coding_quality``) into a version-4 file that records it;
-    a fixed-rate model's file is version 3.
+    a fixed-rate model's file is version 3. ``channel_order``: the index of the channel order to code the
+    image in (``utils/coding/channel_order.py``; 0: its own); None searches for the best one first, for a
+    model that records its λ (the stats then hold it as ``channel_order``). An image coded in another
+    order than its own goes into a version-5 or -6 file, which records the order.
     """
     quality = coding_quality(model, quality)
+    start = time.perf_counter()  # the search is part of the encoding
+    if channel_order is None:
+        channel_order = channel_orders.choose(model, rgb_uint8, quality)
+    if channel_order:
+        rgb_uint8 = channel_orders.reorder(rgb_uint8, channel_order)
     height, width = rgb_uint8.shape[:2]
     fingerprint = model_fingerprint(model)
     device = next(model.parameters()).device
     padding = compute_padding(height, width)
-    extra = {}
-    start = time.perf_counter()
+    extra = {"channel_order": channel_order}
     if refine is None or refine.iterations == 0:
         with torch.inference_mode():
             rate = {} if quality is None else {"quality": quality}  # a fixed-rate model is called as before
@@ -92,6 +102,7 @@ def encode_image(
     encode_s = time.perf_counter() - start
 
     (y_string,), (z_string,) = out["strings"]
+    version = VERSION if quality is None else VARIABLE_RATE_VERSION
     bs = Bitstream(
         height=height,
         width=width,
@@ -100,9 +111,10 @@ def encode_image(
         y_string=y_string,
         z_string=z_string,
         fingerprint=fingerprint,
-        check=out["checks"][0],
-        version=VERSION if quality is None else VARIABLE_RATE_VERSION,
+        check=channel_orders.seal(out["checks"][0], channel_order),
+        version=version if not channel_order else ORDER_VERSION[version],
         quality=quality,
+        channel_order=channel_order,
     )
     num_bytes = packed_size(bs)
     return bs, {"bytes": num_bytes, "bpp": bpp_from_bytes(num_bytes, height, width), "encode_s": encode_s, **extra}
@@ -141,7 +153,7 @@ def decode_bitstream(model: nn.Module, bs: Bitstream, max_pixels: int = DEFAULT_
     rate_points = getattr(model, "rate_points", 0)
     if rate_points and bs.quality is None:
         raise UserError(f"corrupted bitstream: a file of this variable-rate checkpoint must record its quality "
-                        f"(format version {VARIABLE_RATE_VERSION}), this one is version {bs.version}")
+                        f"(format version {VARIABLE_RATE_VERSION} or {ORDER_VERSION[VARIABLE_RATE_VERSION]}), this one is version {bs.version}")
     if bs.quality is not None and not rate_points:
         raise UserError(f"corrupted bitstream: it records a quality ({bs.quality:g}), but its checkpoint is fixed-rate")
     if bs.quality is not None and not 1 <= bs.quality <= rate_points:
@@ -166,14 +178,18 @@ def decode_bitstream(model: nn.Module, bs: Bitstream, max_pixels: int = DEFAULT_
         raise UserError(
             f"corrupted bitstream: decoded {x_hat.shape[-2]}x{x_hat.shape[-1]} pixels, header says {bs.height}x{bs.width}"
         )
-    if bs.check is not None and out["checks"][0] != bs.check:
+    check = None if bs.check is None else channel_orders.seal(out["checks"][0], bs.channel_order)
+    if check is not None and check != bs.check:
         raise UserError(
-            "corrupted bitstream: the decoded symbols and scale indexes differ from the encoder's (coder "
-            f"check {out['checks'][0]:08x}, file says {bs.check:08x}); the file was damaged before its checksum was written"
+            "corrupted bitstream: the decoded symbols and scale indexes (or the channel order) differ from the "
+            f"encoder's (coder check {check:08x}, file says {bs.check:08x}); the file was damaged before its "
+            "checksum was written"
         )
     if not finite:
         raise UserError("corrupted bitstream: decoding produced non-finite values")
     rgb = to_uint8(x_hat)
+    if bs.channel_order:
+        rgb = channel_orders.restore(rgb, bs.channel_order)
     return rgb, {"decode_s": time.perf_counter() - start}
 
 
