@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from utils.errors import UserError
-from utils.image_io import find_images, read_image
+from utils.image_io import CHANNEL_ORDERS, find_images, read_image
 
 # Domain tags keep the order and crop random streams apart even when their other seed words coincide.
 _ORDER_STREAM = 0
@@ -54,8 +54,6 @@ def _pad_to(img: np.ndarray, height: int, width: int) -> np.ndarray:
 MIN_SCALE = 0.3
 
 
-# The six orders of the colour channels: --colour-augment picks one per training crop.
-CHANNEL_ORDERS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
 
 
 def _random_rescale_and_flip(img: np.ndarray, height: int, width: int, rng: np.random.Generator) -> np.ndarray:

@@ -24,6 +24,9 @@ from .errors import UserError
 PathLike = Union[str, Path]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+# The six orders of the colour channels (input channels in the order they are taken): what --colour-augment
+# draws from, what the encoder's channel-order search tries, and what colour evaluations code.
+CHANNEL_ORDERS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
 
 # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that. We turn the warning into a refusal
 # too, so the limit is one number: 2**28 pixels (16384x16384) opens, anything larger is refused before

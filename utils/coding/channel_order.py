@@ -31,7 +31,10 @@ import numpy as np
 from PIL import Image
 from torch import nn
 
-from datasets.images import CHANNEL_ORDERS
+from models.refine import trained_lambda_at
+
+from ..image_io import CHANNEL_ORDERS
+from .forward import estimate
 
 # The proxy's largest size: six forward passes on 2^16 pixels cost about as much as one on 0.4 MP.
 SEARCH_PIXELS = 1 << 16
@@ -60,8 +63,6 @@ def proxy(rgb: np.ndarray, max_pixels: int = SEARCH_PIXELS) -> np.ndarray:
 def search_lambda(model: nn.Module, quality: Optional[float]) -> Optional[float]:
     """The λ the search scores with: the model's own at ``quality`` (``models.refine.trained_lambda_at``),
     None for a model that records none (no search)."""
-    from models.refine import trained_lambda_at
-
     return trained_lambda_at(model, quality)
 
 
@@ -69,8 +70,6 @@ def scores(model: nn.Module, rgb: np.ndarray, lmbda: float, quality: Optional[fl
            max_pixels: int = SEARCH_PIXELS) -> List[float]:
     """bpp + λ·255²·MSE of the proxy of ``rgb`` (at most ``max_pixels``) in each of the six channel orders
     (likelihood rate)."""
-    from utils.evaluation.measure import estimate
-
     small = proxy(rgb, max_pixels)
     values = []
     for index in range(len(CHANNEL_ORDERS)):

@@ -19,10 +19,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from datasets.images import CHANNEL_ORDERS
 
 from ..metrics import bpp_from_bytes, psnr
-from ..image_io import to_tensor
+from ..image_io import CHANNEL_ORDERS, to_tensor
 from .anchors import code_image
 
 ORDER_NAMES = tuple("".join("RGB"[c] for c in order) for order in CHANNEL_ORDERS)

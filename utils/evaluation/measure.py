@@ -40,11 +40,10 @@ from models.zoo import resolve_checkpoint
 from ..coding.bitstream import DEFAULT_MAX_PIXELS, OVERHEAD_BYTES, pack, read_file, unpack, write_file
 from ..coding import channel_order as channel_orders
 from ..coding.codec import coding_quality, decode_bitstream, encode_image
-from ..device import full_float32
+from ..coding.forward import estimate
 from ..errors import UserError
-from ..image_io import find_images, read_image, to_tensor, to_uint8, write_png
+from ..image_io import find_images, read_image, to_tensor, write_png
 from ..metrics import bpp_from_bytes, ms_ssim, ms_ssim_db, psnr
-from ..padding import crop, pad_image
 
 PathLike = Union[str, Path]
 
@@ -66,20 +65,6 @@ _COLUMNS = (
     ("encode_s", "enc s", "{:>7.3f}"),
     ("decode_s", "dec s", "{:>7.3f}"),
 )
-
-
-def estimate(model: nn.Module, rgb_uint8: np.ndarray, quality: Optional[float] = None) -> tuple[float, np.ndarray, float]:
-    """Forward pass on one image: (estimated bpp of the original size, 8-bit reconstruction, seconds).
-    On a GPU without TF32, like coding (``docs/cuda.md``). ``quality``: a variable-rate model's."""
-    height, width = rgb_uint8.shape[:2]
-    device = next(model.parameters()).device
-    start = time.perf_counter()
-    with torch.inference_mode(), full_float32():
-        x, padding = pad_image(to_tensor(rgb_uint8).to(device))
-        out = model(x, inference=True, quality=quality)  # as coding runs the transforms: in bands for a large image
-        bits = float(sum(-torch.log2(likelihoods).sum() for likelihoods in out["likelihoods"].values()))
-        reconstruction = to_uint8(crop(out["x_hat"], padding))
-    return bits / (height * width), reconstruction, time.perf_counter() - start
 
 
 def measure_image(
