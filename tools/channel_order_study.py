@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import load_checkpoint  # noqa: E402
+from models.refine import trained_lambda_at  # noqa: E402
 from models.zoo import expand_shipped  # noqa: E402
 from tools.heldout_rd import load_photos  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
@@ -39,7 +40,7 @@ def main(argv=None) -> int:
     for checkpoint in expand_shipped(list(args.checkpoints)):
         model = load_checkpoint(checkpoint)
         quality = model.default_quality  # None for a fixed-rate model
-        lmbda = channel_order.search_lambda(model, quality)
+        lmbda = trained_lambda_at(model, quality)
         if lmbda is None:
             print(f"{checkpoint}: records no λ, skipped")
             continue

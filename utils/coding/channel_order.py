@@ -60,12 +60,6 @@ def proxy(rgb: np.ndarray, max_pixels: int = SEARCH_PIXELS) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).reduce(factor))
 
 
-def search_lambda(model: nn.Module, quality: Optional[float]) -> Optional[float]:
-    """The λ the search scores with: the model's own at ``quality`` (``models.refine.trained_lambda_at``),
-    None for a model that records none (no search)."""
-    return trained_lambda_at(model, quality)
-
-
 def scores(model: nn.Module, rgb: np.ndarray, lmbda: float, quality: Optional[float] = None,
            max_pixels: int = SEARCH_PIXELS) -> List[float]:
     """bpp + λ·255²·MSE of the proxy of ``rgb`` (at most ``max_pixels``) in each of the six channel orders
@@ -83,7 +77,7 @@ def scores(model: nn.Module, rgb: np.ndarray, lmbda: float, quality: Optional[fl
 def choose(model: nn.Module, rgb: np.ndarray, quality: Optional[float] = None) -> int:
     """The index of the channel order to code ``rgb`` in: the best-scoring one, or 0 (its own order) for a
     model that records no λ."""
-    lmbda = search_lambda(model, quality)
+    lmbda = trained_lambda_at(model, quality)
     if lmbda is None:
         return 0
     values = scores(model, rgb, lmbda, quality)
