@@ -97,3 +97,36 @@ def test_range_loss_is_added_with_the_distortion_weight(fresh_model):
     expected = 0.01 * 255**2 * (terms["mse_loss"] + terms["range_loss"]) + terms["bpp_loss"]
     assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert "range_loss" not in RateDistortionLoss(0.01, "mse")(fresh_model(x), x)
+
+
+def test_averaged_weights_are_the_mean_and_load_as_a_model(tiny_checkpoint, tmp_path):
+    """tools/average_weights.py: float tensors averaged, integer coder tables kept, the result loads."""
+    from models import load_checkpoint, read_checkpoint
+    from tools.average_weights import main
+
+    original = read_checkpoint(tiny_checkpoint)
+    shifted = {k: v + 1 if v.is_floating_point() else v for k, v in original["state_dict"].items()}
+    second = tmp_path / "shifted.pth.tar"
+    torch.save({**original, "state_dict": shifted}, second)
+    out = tmp_path / "mean.pth.tar"
+    assert main([str(tiny_checkpoint), str(second), "-o", str(out)]) == 0
+    averaged = read_checkpoint(out)["state_dict"]
+    for key, value in original["state_dict"].items():
+        expected = ((value.double() + shifted[key].double()) / 2).to(value.dtype) if value.is_floating_point() else value
+        assert torch.allclose(averaged[key], expected), key
+    load_checkpoint(out)
+
+
+def test_averaging_checkpoints_of_two_models_is_refused(tiny_checkpoint, tmp_path):
+    from models import read_checkpoint
+    from tools.average_weights import main
+    from utils.errors import UserError
+
+    original = read_checkpoint(tiny_checkpoint)
+    fewer = dict(original["state_dict"])
+    fewer.pop(next(iter(fewer)))
+    other = tmp_path / "other.pth.tar"
+    torch.save({"state_dict": fewer}, other)
+    with pytest.raises(UserError, match="other keys"):
+        main([str(tiny_checkpoint), str(other), "-o", str(tmp_path / "x.pth.tar")])
+    assert not (tmp_path / "x.pth.tar").exists()
