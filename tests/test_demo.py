@@ -64,16 +64,38 @@ def table_rows(stdout: str) -> dict:
 def test_demo_prints_a_row_per_shipped_model_with_measured_numbers(demo):
     stdout, layout = demo
     rows = table_rows(stdout)
-    models = shipped_models()
-    assert len(rows) == len(models) >= 4
-    for model, (label, row) in zip(models, rows.items()):
-        assert label.startswith(f"q{model['quality']} ")
-        measured = json.loads((layout.coded / model["name"] / "results.json").read_text())["images"][0]
+    fixed, variable = fixed_and_variable()
+    expected = [(f"q{m['quality']} ", layout.coded / m["name"]) for m in fixed] + [
+        (f"VR Q{k} ", layout.coded / m["name"] / f"q{k}") for m in variable for k in range(1, m["rate_points"] + 1)]
+    assert len(rows) == len(expected) and len(fixed) >= 4
+    for (prefix, folder), (label, row) in zip(expected, rows.items()):
+        assert label.startswith(prefix)
+        measured = json.loads((folder / "results.json").read_text())["images"][0]
         assert row["ICWEM"][0] == pytest.approx(measured["bpp"], abs=5e-4)  # the table shows what test.py measured
         for codec, (bpp, psnr, ms_ssim) in row.items():
             assert bpp > 0 and math.isfinite(psnr) and psnr > 0 and 0 <= ms_ssim <= 1, (codec, row)
     assert rows[next(iter(rows))]["ICWEM"][0] < max(row["ICWEM"][0] for row in rows.values())  # q1: fewest bits
     assert "demo finished in" in stdout
+
+
+def fixed_and_variable() -> tuple[list[dict], list[dict]]:
+    models = shipped_models()
+    return [m for m in models if "rate_points" not in m], [m for m in models if "rate_points" in m]
+
+
+def test_a_shipped_variable_rate_model_is_swept_in_half_steps_into_one_curve(demo):
+    _, layout = demo
+    _, variable = fixed_and_variable()
+    if not variable:
+        assert not (layout.compare / "icwem-vr.json").exists()
+        return
+    (model,) = variable
+    curve = json.loads((layout.compare / "icwem-vr.json").read_text())["results"]
+    qualities = [1 + 0.5 * k for k in range(2 * model["rate_points"] - 1)]
+    assert len(curve["bpp"]) == len(qualities)
+    for q, bpp in zip(qualities, curve["bpp"]):
+        measured = json.loads((layout.coded / model["name"] / f"q{q:g}" / "results.json").read_text())
+        assert bpp == pytest.approx(measured["mean"]["bpp"])
 
 
 def test_icwem_files_are_real_and_decode_without_a_checkpoint(demo):
@@ -103,7 +125,8 @@ def test_anchor_files_are_measured_as_written(demo):
 def test_bd_rates_against_jpeg_are_printed_for_every_codec(demo):
     stdout, _ = demo
     block = stdout[stdout.index("Bjøntegaard deltas against 'JPEG'"):]
-    for name in ("JPEG", "WebP", "AVIF", "ICWEM (shipped)"):
+    names = ["JPEG", "WebP", "AVIF", "ICWEM (shipped)"] + ["ICWEM (variable rate)"] * bool(fixed_and_variable()[1])
+    for name in names:
         line = next(line for line in block.splitlines() if line.startswith(name + " "))
         value = line[len(name):].split()[0]
         assert value == "+0.00%" if name == "JPEG" else re.fullmatch(r"[+-]\d+\.\d\d%|n/a", value), line

@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import photo, run_in_process
 from models import load_checkpoint, read_checkpoint
 from models.zoo import (MANIFEST, default_quality, expand_shipped, shipped_by_fingerprint, shipped_by_quality,
-                        shipped_models, shipped_path)
+                        shipped_models, shipped_path, variable_rate_model)
 from utils.coding.bitstream import read_file
 from utils.errors import UserError
 from utils.image_io import read_image
@@ -164,15 +164,38 @@ def test_codec_round_trip_with_no_checkpoint_argument(image, tmp_path):
     assert rgb.shape == (80, 100, 3)
 
 
+def highest_quality() -> int:
+    variable = variable_rate_model()
+    return variable["rate_points"] if variable else len(shipped_models())
+
+
 def test_quality_picks_the_rate_point(image, tmp_path):
+    """--quality 1 and the highest: the file names the model the zoo serves for it (a variable-rate model, if
+    one is shipped, serves them all) and the higher quality writes the larger file."""
     sizes = []
-    for quality in (1, len(shipped_models())):
+    for quality in (1, highest_quality()):
         out = tmp_path / f"q{quality}.icwem"
         result = run("codec.py", "encode", str(image), "-o", str(out), "--quality", str(quality))
         assert result.returncode == 0, result.stderr
-        assert read_file(out).fingerprint.hex() == shipped_models()[quality - 1]["fingerprint"]
+        served = next(m for m in shipped_models() if shipped_path(m) == shipped_by_quality(quality)[0])
+        assert read_file(out).fingerprint.hex() == served["fingerprint"]
         sizes.append(out.stat().st_size)
     assert sizes[0] < sizes[1]
+
+
+@pytest.mark.skipif(variable_rate_model() is None, reason="no variable-rate model is shipped")
+def test_the_shipped_variable_rate_model_rises_in_rate_with_every_half_quality():
+    """Issue 24's sweep, on the held-out crop in real files: --quality 1, 1.5, ..., K gives strictly rising
+    rates and a PSNR that never falls by more than 0.1 dB."""
+    import tools.ship_weights as ship
+    from utils.evaluation.measure import measure_image
+
+    model = load_checkpoint(shipped_path(variable_rate_model()))
+    qualities = [1 + 0.5 * k for k in range(2 * model.rate_points - 1)]
+    coded = [measure_image(model, ship.check_crop(), real=True, quality=q, channel_order=0)[0] for q in qualities]
+    rates, psnrs = [c["bpp"] for c in coded], [c["psnr"] for c in coded]
+    assert all(a < b for a, b in zip(rates, rates[1:])), rates
+    assert all(b > a - 0.1 for a, b in zip(psnrs, psnrs[1:])), psnrs
 
 
 def test_codec_errors_are_one_line(image, tmp_path, tiny_checkpoint):

@@ -7,12 +7,13 @@ lines a user would type (their ``main``, in this process: see ``run_script``):
 
 1. photos: the held-out photos (chelsea and coffee by default; never trained on) in OUT/photos;
 2. shipped models: ``test.py --real`` codes them with every shipped rate point into real .icwem files
-   (OUT/coded/<model>/<photo>.icwem) and decodes those files (…/<photo>.png);
+   (OUT/coded/<model>/<photo>.icwem) and decodes those files (…/<photo>.png); a shipped variable-rate model
+   codes them at every quality from 1 to K in steps of 0.5 (OUT/coded/<model>/q<Q>/), its continuous curve;
 3. anchors: JPEG, WebP and AVIF sweep their qualities over the same photos (the RD curves), and code each
    photo at the quality whose file size is closest to each ICWEM file (OUT/compare/<model>/);
 4. training: ``train.py`` fine-tunes the middle shipped model on the training photos for a short budget
    (progress bars), and ``test.py --real`` codes the held-out photos with the result;
-5. report: one table (bpp, PSNR, MS-SSIM per rate point and codec), BD-rates against JPEG, the RD plot
+5. report: one table (bpp, PSNR, MS-SSIM per rate point, or integer quality, and codec), BD-rates against JPEG, the RD plot
    OUT/rd.png, a visual comparison sheet OUT/comparison.png, and every file written.
 
 Every number printed is measured in this run. A new run replaces OUT (only if an earlier demo made it).
@@ -66,6 +67,17 @@ MARKER = ".icwem-demo"
 EXTENSIONS = {"jpeg": ".jpg", "webp": ".webp", "avif": ".avif"}
 # Side of the square crop shown in the comparison sheet (smaller photos give a smaller crop).
 SHEET_CROP = 192
+# A variable-rate model's sweep: qualities 1, 1.5, ..., K.
+QUALITY_STEP = 0.5
+
+
+@dataclass
+class Coded:
+    """One table row's ICWEM files: a fixed-rate model's, or a variable-rate model's at one quality."""
+
+    label: str  # the table's first column
+    folder: str  # under OUT/coded/ and OUT/compare/
+    results: dict  # test.py's results.json
 
 
 @dataclass
@@ -127,24 +139,28 @@ def run_demo(cfg: DemoConfig) -> int:
     print(f"{layout.photos}: {', '.join([*cfg.test_photos, *wallpapers])}")
 
     heading(2, f"coding them with the {len(models)} shipped models into real files (test.py --real)")
-    icwem = {}
-    for model in models:
-        icwem[model["name"]] = code_with(model["name"], layout.photos, layout.coded / model["name"], cfg)
+    fixed = [model for model in models if "rate_points" not in model]
+    variable = next((model for model in models if "rate_points" in model), None)
+    coded = [Coded(f"q{m['quality']} (λ {m['lambda']:g})", m["name"],
+                   code_with(m["name"], layout.photos, layout.coded / m["name"], cfg)) for m in fixed]
+    sweep = code_qualities(variable, layout.photos, layout.coded / variable["name"], cfg) if variable else {}
+    coded += [Coded(f"VR Q{q:g} (λ {variable['lambdas'][int(q) - 1]:g})", f"{variable['name']}/q{q:g}", results)
+              for q, results in sweep.items() if q == int(q)]
 
     heading(3, f"{', '.join(CODECS[c].label for c in ANCHORS)}: quality sweeps, and files at ICWEM's bit rates")
     paths = sorted(layout.photos.glob("*.png"))
     sweeps = evaluate_codecs(paths, ANCHORS, SWEEP, log=lambda line: None)
-    rows = [matched_row(model, icwem[model["name"]], layout) for model in models]
+    rows = [matched_row(c, layout) for c in coded]
     print(f"swept {len(ANCHORS)} codecs over {len(paths)} photos; matched files in {layout.compare}")
 
-    base = models[len(models) // 2]
+    base = fixed[len(fixed) // 2]
     swap = code_swapped(cfg.test_photos[0], base, layout, cfg)
 
     heading(4, "training: train.py fine-tunes the middle shipped model on the other photos, then test.py codes")
     trained = train_and_code(base, cfg, layout)
 
     heading(5, "results")
-    curves = write_curves(sweeps, models, icwem, layout, len(paths))
+    curves = write_curves(sweeps, fixed, coded, variable, sweep, layout, len(paths))
     plots = plot_rd(curves, layout.plot_prefix, title=f"{len(paths)} held-out photos: shipped ICWEM vs "
                                                       + ", ".join(CODECS[c].label for c in ANCHORS))
     sheet = comparison_sheet(cfg.test_photos[0], base["name"], layout)
@@ -157,7 +173,8 @@ def run_demo(cfg: DemoConfig) -> int:
     mean = trained["mean"]
     print(f"\nfine-tuned {base['name']} ({trained['steps']} steps in {trained['minutes']:.1f} min): "
           f"{mean['bpp']:.3f} bpp, {mean['psnr']:.2f} dB, MS-SSIM {mean['ms_ssim']:.4f} "
-          f"(shipped: {icwem[base['name']]['mean']['bpp']:.3f} bpp, {icwem[base['name']]['mean']['psnr']:.2f} dB)")
+          f"(shipped: {coded[fixed.index(base)].results['mean']['bpp']:.3f} bpp, "
+          f"{coded[fixed.index(base)].results['mean']['psnr']:.2f} dB)")
     print(f"\nchannel order, {base['name']} on {swap['photo']}: " + "; ".join(
         f"{p['order']} {p['bpp']:.3f} bpp {p['psnr']:.2f} dB" for p in swap["panels"]) + " (a codec should not care)")
     print()
@@ -188,8 +205,8 @@ def check_config(cfg: DemoConfig) -> list[dict]:
     if missing:
         raise UserError(f"anchor codecs unavailable: {', '.join(missing)}")
     models = shipped_models()
-    if not models:
-        raise UserError("no shipped models in models/weights/ (manifest.json missing)")
+    if not any("rate_points" not in model for model in models):
+        raise UserError("no shipped fixed-rate models in models/weights/ (manifest.json missing)")
     return models
 
 
@@ -255,6 +272,15 @@ def code_with(checkpoint: str, photos: Path, save_dir: Path, cfg: DemoConfig) ->
     return json.loads((save_dir / "results.json").read_text())
 
 
+def code_qualities(model: dict, photos: Path, save_dir: Path, cfg: DemoConfig) -> dict[float, dict]:
+    """``test.py --real --quality 1 1.5 ... K`` with a variable-rate model; {quality: its results.json}."""
+    count = round((model["rate_points"] - 1) / QUALITY_STEP) + 1
+    qualities = [1 + QUALITY_STEP * k for k in range(count)]
+    run_script(["test.py", "--checkpoint", model["name"], "--data", str(photos), "--real", "--save-dir", str(save_dir),
+                "--quality", *(f"{q:g}" for q in qualities), *(["--cuda"] if cfg.cuda else [])])
+    return {q: json.loads((save_dir / f"q{q:g}" / "results.json").read_text()) for q in qualities}
+
+
 # ---------------------------------------------------------------------------------------------- photos
 def load_photo(name: str) -> np.ndarray:
     """One of scikit-image's photographs as HxWx3 uint8 RGB (grayscale ones copied to three channels)."""
@@ -304,37 +330,43 @@ def code_to_file(codec: str, rgb: np.ndarray, quality: int, path: Path) -> dict:
             "ms_ssim": ms_ssim(original, coded), "quality": quality, "file": str(path)}
 
 
-def matched_row(model: dict, coded: dict, layout: Layout) -> dict:
-    """One table row: the model's mean over the photos, and each anchor at the bit rate of each ICWEM file."""
+def matched_row(coded: Coded, layout: Layout) -> dict:
+    """One table row: ICWEM's mean over the photos, and each anchor at the bit rate of each ICWEM file."""
     per_codec: dict[str, list[dict]] = {CODECS[c].label: [] for c in ANCHORS}
-    for image in coded["images"]:
+    for image in coded.results["images"]:
         rgb, _notices = read_image(layout.photos / f"{image['name']}.png")
         for codec in ANCHORS:
             quality = match_quality(codec, rgb, image["bpp"])
-            path = layout.compare / model["name"] / f"{image['name']}{EXTENSIONS[codec]}"
+            path = layout.compare / coded.folder / f"{image['name']}{EXTENSIONS[codec]}"
             per_codec[CODECS[codec].label].append(code_to_file(codec, rgb, quality, path))
-    row = {"model": f"q{model['quality']} (λ {model['lambda']:g})",
-           "ICWEM": {k: coded["mean"][k] for k in ("bpp", "psnr", "ms_ssim")}}
+    row = {"model": coded.label, "ICWEM": {k: coded.results["mean"][k] for k in ("bpp", "psnr", "ms_ssim")}}
     for label, files in per_codec.items():
         row[label] = {k: _mean([f[k] for f in files]) for k in ("bpp", "psnr", "ms_ssim")}
-    (layout.compare / model["name"]).mkdir(parents=True, exist_ok=True)
-    (layout.compare / model["name"] / "matched.json").write_text(json.dumps(per_codec, indent=2) + "\n")
+    (layout.compare / coded.folder).mkdir(parents=True, exist_ok=True)
+    (layout.compare / coded.folder / "matched.json").write_text(json.dumps(per_codec, indent=2) + "\n")
     return row
 
 
-def write_curves(sweeps: dict, models: Sequence[dict], icwem: dict, layout: Layout, count: int) -> list[dict]:
-    """RD curves (JPEG first: the BD anchor), written as CompressAI-style results files in OUT/compare."""
+def write_curves(sweeps: dict, fixed: Sequence[dict], coded: Sequence[Coded], variable: Optional[dict],
+                 qualities: dict, layout: Layout, count: int) -> list[dict]:
+    """RD curves (JPEG first: the BD anchor), written as CompressAI-style results files in OUT/compare: the
+    anchors', the fixed-rate models' (icwem.json) and a variable-rate model's sweep (icwem-vr.json)."""
     layout.compare.mkdir(parents=True, exist_ok=True)
     files = []
     for codec in ANCHORS:
         files.append(layout.compare / f"{codec}.json")
         write_results(files[-1], CODECS[codec].label, describe(codec) + f"; mean over {count} photos", sweeps[codec])
-    means = [icwem[m["name"]]["mean"] for m in models]
-    files.append(layout.compare / "icwem.json")
-    write_results(files[-1], "ICWEM (shipped)", f"{', '.join(m['name'] for m in models)}; real .icwem files, "
-                  f"mean over {count} photos",
-                  {"psnr-rgb": [m["psnr"] for m in means], "ms-ssim-rgb": [m["ms_ssim"] for m in means],
-                   "bpp": [m["bpp"] for m in means]})
+    curves = [("icwem.json", "ICWEM (shipped)", ", ".join(m["name"] for m in fixed),
+               [c.results["mean"] for c in coded[:len(fixed)]])]
+    if variable is not None:
+        curves.append(("icwem-vr.json", "ICWEM (variable rate)",
+                       f"{variable['name']} at qualities {', '.join(f'{q:g}' for q in qualities)}",
+                       [results["mean"] for results in qualities.values()]))
+    for name, label, what, means in curves:
+        files.append(layout.compare / name)
+        write_results(files[-1], label, f"{what}; real .icwem files, mean over {count} photos",
+                      {"psnr-rgb": [m["psnr"] for m in means], "ms-ssim-rgb": [m["ms_ssim"] for m in means],
+                       "bpp": [m["bpp"] for m in means]})
     return [read_results(path) for path in files]
 
 
@@ -460,7 +492,8 @@ def artifact_lines(layout: Layout, models: Sequence[dict], plots: Sequence[Path]
         f"  held-out photos        {layout.photos}/",
         f"  .icwem files, decoded  {layout.coded}/<model>/<photo>.icwem and .png (decoded from the file), results.json/.csv",
         f"  anchor files           {layout.compare}/<model>/<photo>.jpg, .webp, .avif (matched to each ICWEM file)",
-        f"  RD curves (JSON)       {layout.compare}/: {', '.join(c + '.json' for c in ANCHORS)}, icwem.json",
+        f"  RD curves (JSON)       {layout.compare}/: {', '.join(c + '.json' for c in ANCHORS)}, icwem.json"
+        f"{', icwem-vr.json' if any('rate_points' in m for m in models) else ''}",
         f"  RD plot                {', '.join(str(p) for p in plots)}",
         f"  comparison sheet       {sheet}",
         f"  channel-order sheet    {colour_sheet} (inputs in {layout.photos}/ and {layout.swapped}/)",
