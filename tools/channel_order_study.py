@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import load_checkpoint  # noqa: E402
 from models.refine import trained_lambda_at  # noqa: E402
 from models.zoo import expand_shipped  # noqa: E402
-from tools.heldout_rd import load_photos  # noqa: E402
+from tools.heldout_rd import add_photo_arguments, load_photos  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.coding import channel_order  # noqa: E402
 
@@ -30,8 +30,7 @@ from utils.coding import channel_order  # noqa: E402
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+", help="checkpoints that record their λ, or 'shipped'")
-    p.add_argument("--data", type=Path, help="held-out images (default: tools/heldout_rd.py's)")
-    p.add_argument("--max-side", type=int, help="shrink every photo to this longer side first")
+    add_photo_arguments(p)
     args = p.parse_args(argv)
     torch.manual_seed(0)
     photos = load_photos(args.data, args.max_side)

@@ -49,6 +49,12 @@ DEFAULT_DATA = REPO / "runs" / "data" / "heldout"
 ANCHORS = ("jpeg", "webp")
 
 
+def add_photo_arguments(p: argparse.ArgumentParser) -> None:
+    """--data and --max-side, which every tool that codes the held-out photos takes (see ``load_photos``)."""
+    p.add_argument("--data", type=Path, help=f"held-out images (default {DEFAULT_DATA.relative_to(REPO)} if present)")
+    p.add_argument("--max-side", type=int, help="shrink every photo to this longer side first (quicker)")
+
+
 def load_photos(data: Path | None, max_side: int | None) -> dict[str, np.ndarray]:
     if data is None and DEFAULT_DATA.is_dir():
         data = DEFAULT_DATA
@@ -93,10 +99,9 @@ def compare_to_fixed(report: dict) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+", help="checkpoints, shipped names, or 'shipped' for all shipped models")
-    p.add_argument("--data", type=Path, help=f"held-out images (default {DEFAULT_DATA.relative_to(REPO)} if present)")
+    add_photo_arguments(p)
     p.add_argument("--real", action="store_true", help="code real bitstreams (default: likelihood estimate)")
     p.add_argument("--orders", nargs="+", choices=ORDER_NAMES, default=list(ORDER_NAMES), help="channel orders to code")
-    p.add_argument("--max-side", type=int, help="shrink every photo to this longer side first (quicker)")
     p.add_argument("--quality", type=positive_number("quality"), nargs="+", metavar="Q",
                    help="the qualities to code a variable-rate checkpoint at (default: each of its rate points)")
     p.add_argument("--keep-channel-order", action="store_true",

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import load_checkpoint  # noqa: E402
 from models.zoo import expand_shipped  # noqa: E402
-from tools.heldout_rd import load_photos  # noqa: E402
+from tools.heldout_rd import add_photo_arguments, load_photos  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.image_io import to_tensor  # noqa: E402
 from utils.metrics import psnr  # noqa: E402
@@ -31,8 +31,7 @@ from utils.metrics import psnr  # noqa: E402
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+", help="checkpoints, shipped names, or 'shipped'")
-    p.add_argument("--data", type=Path, help="held-out images (default: tools/heldout_rd.py's)")
-    p.add_argument("--max-side", type=int, help="shrink every photo to this longer side first")
+    add_photo_arguments(p)
     args = p.parse_args(argv)
     photos = load_photos(args.data, args.max_side)
     print(f"{'checkpoint':<24} {'photo':<22} {'ceiling dB':>10} {'coded dB':>9} {'bpp':>7}")
