@@ -44,6 +44,10 @@ def read_checkpoint(path: Union[str, Path], map_location="cpu") -> dict:
     return obj
 
 
+# What a weights file derived from a checkpoint (an average, an entropy stage) carries over from it.
+CARRIED_FIELDS = ("model_config", "args", "lambda", "lambdas", "step", "epoch")
+
+
 def split_checkpoint(obj: Mapping) -> Tuple[Dict[str, Tensor], Optional[dict]]:
     """Return (state dict without ``module.`` prefixes, stored model config or None).
 

@@ -370,6 +370,22 @@ class ICWEM(CompressionModel):
         a float32 run, and a likelihood cannot underflow to 0 (an infinite rate) in 16 bits.
         """
         y = self.analysis(x, inference)
+        y_hat, out = self.entropy_pass(y, quality, inference)
+        if not decoder_clamp:
+            out["x_hat"] = self.synthesis(y_hat, inference=inference)
+            return out
+        # The decoder clamps g_s's output before the inverse INN: what falls outside [0, 1] there is lost.
+        # The straight-through clamp lets the loss see that picture; range_loss (the squared distance of
+        # g_s's output to [0, 1]) pulls g_s's output, and with it the INN's domain, into that range.
+        g = self.g_s(y_hat)
+        out["range_loss"] = (g - g.detach().clamp(0, 1)).square().mean()
+        out["x_hat"] = _clamp01(self.enh.back_enh(self.inv.reverse(_clamp01(g, True))), True)
+        return out
+
+    def entropy_pass(self, y: Tensor, quality: Optional[float] = None, inference: bool = False) -> Tuple[Tensor, Dict]:
+        """y → (ŷ, {"likelihoods", "para"}): the hyper-prior and the channel-wise entropy model between the
+        transforms of :meth:`forward`, rounding straight through. Alone, it is what
+        ``utils/training/entropy_stage.py`` trains the entropy model with, on latents of whole pictures."""
         z = self.h_a(y)
         with _full_precision(z):
             z = _float32(z)
@@ -392,20 +408,10 @@ class ICWEM(CompressionModel):
 
         rows = self._latent_rows(*y.shape[-2:], y.device) if inference else 0
         y_hat, means, scales = self._code_slices(latent_means, latent_scales, y.shape[-2:], round_slice, rows=rows)
-        out = {
+        return y_hat, {
             "likelihoods": {"y": torch.cat(y_likelihoods, dim=1), "z": z_likelihoods},
             "para": {"means": means, "scales": scales, "y": y},
         }
-        if not decoder_clamp:
-            out["x_hat"] = self.synthesis(y_hat, inference=inference)
-            return out
-        # The decoder clamps g_s's output before the inverse INN: what falls outside [0, 1] there is lost.
-        # The straight-through clamp lets the loss see that picture; range_loss (the squared distance of
-        # g_s's output to [0, 1]) pulls g_s's output, and with it the INN's domain, into that range.
-        g = self.g_s(y_hat)
-        out["range_loss"] = (g - g.detach().clamp(0, 1)).square().mean()
-        out["x_hat"] = _clamp01(self.enh.back_enh(self.inv.reverse(_clamp01(g, True))), True)
-        return out
 
     # ------------------------------------------------------------------ real entropy coding
     # Real coding computes the entropy parameters portably (float64, models/entropy/parameters.py), so a

@@ -24,12 +24,10 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import read_checkpoint  # noqa: E402
-from models.checkpoint import split_checkpoint  # noqa: E402
+from models.checkpoint import CARRIED_FIELDS, split_checkpoint  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.training.checkpoint import save_checkpoint  # noqa: E402
-
-KEPT = ("model_config", "args", "lambda", "lambdas")  # what the weights file carries over from the last input
 
 
 def average_state_dicts(state_dicts: Sequence[Dict[str, Tensor]], names: Sequence[str]) -> Dict[str, Tensor]:
@@ -56,7 +54,7 @@ def main(argv: List[str] | None = None) -> int:
     objects = [read_checkpoint(path) for path in args.checkpoints]
     state_dicts = [split_checkpoint(obj)[0] for obj in objects]
     averaged = average_state_dicts(state_dicts, args.checkpoints)
-    out = {"state_dict": averaged, **{k: objects[-1][k] for k in KEPT if k in objects[-1]}}
+    out = {"state_dict": averaged, **{k: objects[-1][k] for k in CARRIED_FIELDS if k in objects[-1]}}
     save_checkpoint(out, args.output)
     print(f"{args.output}: the mean of {len(objects)} checkpoints' weights")
     return 0

@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from models import load_checkpoint, read_checkpoint, split_checkpoint  # noqa: E402
-from models.checkpoint import model_from_state_dict  # noqa: E402
+from models.checkpoint import model_from_state_dict, trained_lambda  # noqa: E402
 from models.zoo import MANIFEST, WEIGHTS_DIR, shipped_models, shipped_path  # noqa: E402
 from tools.demo_steps import load_photo  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
@@ -76,7 +76,7 @@ def write_half(path: str, out: Path, variable_rate: bool) -> dict:
         raise UserError(f"{path}: a variable-rate checkpoint; ship it with --variable-rate" if args.get("lambdas") else
                         f"--variable-rate {path}: a fixed-rate checkpoint (it was trained for one λ)")
     rate = ({"lambdas": [float(v) for v in args["lambdas"]]} if variable_rate
-            else {"lambda": float(args.get("lmbda", float("nan")))})
+            else {"lambda": float(trained_lambda(ckpt) or float("nan"))})
     buffers = {key for key, _ in model_from_state_dict(state_dict, config).named_buffers()}
     torch.save({"state_dict": half_state_dict(state_dict, buffers), "model_config": config, **rate,
                 "step": ckpt.get("step"), "epoch": ckpt.get("epoch")}, out,

@@ -3,7 +3,8 @@
 ``config`` (TrainConfig, the checks), ``setup`` (device, seeds, data, model, optimizers, DDP), ``state``
 (TrainState: what changes, saved and restored), ``step`` (train_step), ``loop`` (train_one_epoch,
 validate, train), ``signals`` (clean stops), ``checkpoint`` (atomic files, generator states),
-``distributed`` (the few collective operations).
+``distributed`` (the few collective operations); ``entropy_stage`` (after training: the entropy model alone on
+whole-picture latents, ``tools/entropy_stage.py``).
 """
 
 from .config import TrainConfig, check_config, default_num_workers
