@@ -8,7 +8,8 @@
 # schedule to epoch 30, then each other rate point from that run's end (optimizer state kept) at its own λ.
 # Round 6 (ROUND6=1 SKIP_MAIN=1, from the shipped files of round 5) is the first on the wider data of
 # tools/training_data.py with --colour-augment. Rounds 7 and 8 (ROUND7=1 / ROUND8=1 SKIP_MAIN=1, each after the one
-# before) continue it; every shipped file comes from round 8 (its block ends with the ship command).
+# before) continue it; then the entropy stage (ENTROPY_STAGE=1 SKIP_MAIN=1) on round 8's files gives every shipped
+# file (its block ends with the ship command).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:?usage: train_shipped.sh RUNS_DIR}
@@ -22,7 +23,7 @@ if [ -z "${SKIP_MAIN:-}" ]; then
 fi
 # The lowest rate point was fine-tuned at 3e-4; at that rate the higher points lost 2 dB to the main
 # model (fresh Adam steps undo the end of its cosine schedule), so they use 1e-4.
-if [ -z "${ROUND2:-}${ROUND3:-}${ROUND4:-}${ROUND5:-}${ROUND6:-}${ROUND7:-}${ROUND8:-}" ]; then  # round 1 only
+if [ -z "${ROUND2:-}${ROUND3:-}${ROUND4:-}${ROUND5:-}${ROUND6:-}${ROUND7:-}${ROUND8:-}${ENTROPY_STAGE:-}" ]; then  # round 1 only
 python -u train.py "${COMMON[@]}" --lambda 0.0025 -lr 3e-4 --epochs 1 --checkpoint "$MAIN" --no-continue_train \
     --save_path "$RUNS/finetune" --max-minutes 15
 for L in 0.006 0.03 0.08; do
@@ -143,4 +144,16 @@ if [ -n "${ROUND8:-}" ]; then
     wait
     # then: python tools/ship_weights.py $RUNS/round8/prod/0.0003/checkpoint_latest.pth.tar \
     #   $RUNS/round8/prod/0.0008/… $RUNS/round8/prod/0.004/… $RUNS/round8/prod/0.15/…
+fi
+
+if [ -n "${ENTROPY_STAGE:-}" ]; then
+    # The entropy stage on round 8's files (models/weights/ as round 8 shipped them, commit 93296ec): each file's
+    # entropy model alone, 1,000 steps on the latents of the training pictures at a longer side of 512, the
+    # transforms untouched (tools/entropy_stage.py; docs/training.md). Two ran side by side, one thread each.
+    python tools/training_data.py --out "$RUNS/data512" --max-side 512
+    for Q in q1 q2 q3 q4; do
+        python -u tools/entropy_stage.py "icwem-small-$Q" --data "$RUNS/data512" -o "$RUNS/entropy/$Q.pth.tar"
+    done
+    # then: python tools/ship_weights.py $RUNS/entropy/q1.pth.tar $RUNS/entropy/q2.pth.tar \
+    #   $RUNS/entropy/q3.pth.tar $RUNS/entropy/q4.pth.tar
 fi
