@@ -25,7 +25,8 @@ PathLike = Union[str, Path]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # The six orders of the colour channels (input channels in the order they are taken): what --colour-augment
-# draws from, what the encoder's channel-order search tries, and what colour evaluations code.
+# draws from, what the encoder's channel-order search tries, what colour evaluations code, and the orders
+# the entropy stage computes its latents in.
 CHANNEL_ORDERS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
 
 # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that. We turn the warning into a refusal

@@ -25,12 +25,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..image_io import read_image, to_tensor
+from ..image_io import CHANNEL_ORDERS, read_image, to_tensor
 
 # What the entropy stage trains: the hyper-prior and the channel-wise entropy model, not the LRP networks.
 ENTROPY_MODULES = ("h_a", "entropy_bottleneck", "h_mean_s", "h_scale_s", "atten_mean", "atten_scale",
                    "cc_mean_transforms", "cc_scale_transforms")
-CHANNEL_ORDERS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
 LATENT_STRIDE = 16  # image pixels per latent element, each way
 
 
@@ -103,6 +102,7 @@ def train_entropy_model(model: nn.Module, latents: Sequence[Tensor], cfg: Entrop
     params = entropy_parameters(model)
     quantiles = [model.entropy_bottleneck.quantiles]
     trained = {id(p) for p in params + quantiles}
+    flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(id(p) in trained)
     optimizer = torch.optim.Adam(params, lr=cfg.learning_rate)
@@ -132,8 +132,8 @@ def train_entropy_model(model: nn.Module, latents: Sequence[Tensor], cfg: Entrop
             if report and step % 50 == 0:
                 report(step, sum(rates[-50:]) / len(rates[-50:]))
     finally:
-        for p in model.parameters():
-            p.requires_grad_(True)
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
         model.eval()
         model.update(force=True)
     return step
