@@ -9,7 +9,7 @@
 # Round 6 (ROUND6=1 SKIP_MAIN=1, from the shipped files of round 5) is the first on the wider data of
 # tools/training_data.py with --colour-augment. Rounds 7 and 8 (ROUND7=1 / ROUND8=1 SKIP_MAIN=1, each after the one
 # before) continue it; then the entropy stage (ENTROPY_STAGE=1 SKIP_MAIN=1) on round 8's files gives every shipped
-# file (its block ends with the ship command).
+# file (its block ends with the ship command). VARIABLE_RATE=1 SKIP_MAIN=1 trains the variable-rate model icwem-small-vr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:?usage: train_shipped.sh RUNS_DIR}
@@ -23,7 +23,7 @@ if [ -z "${SKIP_MAIN:-}" ]; then
 fi
 # The lowest rate point was fine-tuned at 3e-4; at that rate the higher points lost 2 dB to the main
 # model (fresh Adam steps undo the end of its cosine schedule), so they use 1e-4.
-if [ -z "${ROUND2:-}${ROUND3:-}${ROUND4:-}${ROUND5:-}${ROUND6:-}${ROUND7:-}${ROUND8:-}${ENTROPY_STAGE:-}" ]; then  # round 1 only
+if [ -z "${ROUND2:-}${ROUND3:-}${ROUND4:-}${ROUND5:-}${ROUND6:-}${ROUND7:-}${ROUND8:-}${ENTROPY_STAGE:-}${VARIABLE_RATE:-}" ]; then  # round 1 only
 python -u train.py "${COMMON[@]}" --lambda 0.0025 -lr 3e-4 --epochs 1 --checkpoint "$MAIN" --no-continue_train \
     --save_path "$RUNS/finetune" --max-minutes 15
 for L in 0.006 0.03 0.08; do
@@ -156,4 +156,26 @@ if [ -n "${ENTROPY_STAGE:-}" ]; then
     done
     # then: python tools/ship_weights.py $RUNS/entropy/q1.pth.tar $RUNS/entropy/q2.pth.tar \
     #   $RUNS/entropy/q3.pth.tar $RUNS/entropy/q4.pth.tar
+fi
+
+if [ -n "${VARIABLE_RATE:-}" ]; then
+    # The shipped variable-rate model (icwem-small-vr): one network for every quality in [1, 5]. From round 7's
+    # q3 file (models/weights/ at commit 96be6fb), 5,120 steps on 64² crops with a quality drawn per batch
+    # (λ log-linear between the five points), one thread; then the entropy stage; then the whole model on
+    # 256² crops in batches of 2 (stopped by --max-minutes after 769 of the 896 steps this schedule
+    # gives, its cosine at 2e-5; beside another run, one thread each); then the entropy stage again.
+    python tools/training_data.py --out "$RUNS/data"
+    python tools/training_data.py --out "$RUNS/data512" --max-side 512
+    LAMBDAS=(0.0003 0.0008 0.004 0.025 0.15)
+    python -u train.py "${R6[@]}" --lambdas "${LAMBDAS[@]}" --epochs 160 --checkpoint models/weights/icwem-small-q3.pt \
+        --no-continue_train --save_path "$RUNS/vr1/prod"
+    python -u tools/entropy_stage.py "$RUNS/vr1/prod/0.0003-0.15/checkpoint_latest.pth.tar" --data "$RUNS/data512" \
+        -o "$RUNS/entropy/vr1.pth.tar"
+    python -u train.py -d "$RUNS/data512" --batch-size 2 --patch-size 256 256 --augment --colour-augment --repeat 4 \
+        --lr-schedule cosine --decoder-clamp -lr 1e-4 --lambdas "${LAMBDAS[@]}" --epochs 7 --max-minutes 88 \
+        --checkpoint "$RUNS/entropy/vr1.pth.tar" --no-continue_train --save_path "$RUNS/vr256"
+    python -u tools/entropy_stage.py "$RUNS/vr256/0.0003-0.15/checkpoint_latest.pth.tar" --data "$RUNS/data512" \
+        -o "$RUNS/entropy/vr.pth.tar"
+    # then: python tools/ship_weights.py icwem-small-q1 icwem-small-q2 icwem-small-q3 icwem-small-q4 \
+    #   --variable-rate $RUNS/entropy/vr.pth.tar
 fi
