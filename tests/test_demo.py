@@ -125,7 +125,7 @@ def test_anchor_files_are_measured_as_written(demo):
 def test_bd_rates_against_jpeg_are_printed_for_every_codec(demo):
     stdout, _ = demo
     block = stdout[stdout.index("Bjøntegaard deltas against 'JPEG'"):]
-    names = ["JPEG", "WebP", "AVIF", "ICWEM (shipped)"] + ["ICWEM (variable rate)"] * bool(fixed_and_variable()[1])
+    names = ["JPEG", "WebP", "AVIF", "ICWEM (fixed-rate files)"] + ["ICWEM (variable rate)"] * bool(fixed_and_variable()[1])
     for name in names:
         line = next(line for line in block.splitlines() if line.startswith(name + " "))
         value = line[len(name):].split()[0]

@@ -356,7 +356,7 @@ def write_curves(sweeps: dict, fixed: Sequence[dict], coded: Sequence[Coded], va
     for codec in ANCHORS:
         files.append(layout.compare / f"{codec}.json")
         write_results(files[-1], CODECS[codec].label, describe(codec) + f"; mean over {count} photos", sweeps[codec])
-    curves = [("icwem.json", "ICWEM (shipped)", ", ".join(m["name"] for m in fixed),
+    curves = [("icwem.json", "ICWEM (fixed-rate files)", ", ".join(m["name"] for m in fixed),
                [c.results["mean"] for c in coded[:len(fixed)]])]
     if variable is not None:
         curves.append(("icwem-vr.json", "ICWEM (variable rate)",
