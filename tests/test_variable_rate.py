@@ -363,3 +363,34 @@ def test_refinement_codes_at_the_quality_and_ranks_at_its_lambda(vr_model, monke
     assert float(bpp_q) < float(bpp_5)  # a finer step costs more bits
     decoded, _ = decode_bitstream(vr_model, unpack(pack(refined)))
     assert decoded.shape == rgb.shape
+
+
+def test_transform_ceiling_codes_beyond_the_top_rate_point(vr_model, vr_checkpoint, tmp_path, capsys):
+    """tools/transform_ceiling.py --beyond: the top rate point coded with its gain raised by T nats. Raising by 0
+    is the model at Q = K; a finer step costs more bits; the gains below the top point do not move."""
+    from PIL import Image
+
+    from tools.transform_ceiling import main as transform_ceiling, with_top_gain_raised
+
+    raised = with_top_gain_raised(vr_model, 1.0)
+    log_g, log_raised = vr_model.rate_gain.log_gains(), raised.rate_gain.log_gains()
+    assert torch.allclose(log_raised[:-1], log_g[:-1])
+    assert torch.allclose(log_raised[-1] - log_g[-1], torch.ones_like(log_g[-1]), atol=1e-5)
+
+    (tmp_path / "photos").mkdir()
+    Image.fromarray(photo("astronaut")[100:228, 180:308]).save(tmp_path / "photos" / "crop.png")
+    assert transform_ceiling([str(vr_checkpoint), "--data", str(tmp_path / "photos"), "--beyond", "0", "1"]) == 0
+    row = capsys.readouterr().out.splitlines()[1].split()
+    at_top, finer = (float(row[5]), float(row[7])), (float(row[8]), float(row[10]))  # (dB, bpp)
+    with torch.inference_mode():
+        out = vr_model(photo_tensor(h=128, w=128, top=100, left=180), inference=True, quality=5.0)
+    assert at_top[1] == pytest.approx(sum(float(-torch.log2(lk).sum()) for lk in out["likelihoods"].values())
+                                      / 128 ** 2, abs=1e-3)
+    assert finer[1] > at_top[1]
+
+
+def test_transform_ceiling_refuses_beyond_for_a_fixed_rate_model(tiny_checkpoint, tmp_path):
+    from tools.transform_ceiling import main as transform_ceiling
+
+    with pytest.raises(UserError, match="variable-rate"):
+        transform_ceiling([str(tiny_checkpoint), "--beyond", "1", "--max-side", "64"])

@@ -5,13 +5,16 @@
 If coding at a higher rate no longer raises PSNR, is it the entropy model or the transforms? Synthesis from
 the unquantised latent is what the transforms give when quantisation loses nothing. A model whose coded PSNR
 reaches it (or passes it a little: g_s was trained on quantised latents, not on these) is limited by its
-transforms: more bits at the same transforms cannot buy much.
+transforms: more bits at the same transforms cannot buy much. ``--beyond T …`` shows it for a variable-rate
+model: it is also coded at its top rate point with the gain raised by T nats (a quantisation step e^T times
+finer), rates the model was not trained for and cannot write to a file.
 Photos: tools/heldout_rd.py's held-out set, cropped to a multiple of 64 pixels; rate from the likelihoods.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -24,28 +27,54 @@ from models import load_checkpoint  # noqa: E402
 from models.zoo import expand_shipped  # noqa: E402
 from tools.heldout_rd import add_photo_arguments, load_photos  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
+from utils.errors import UserError  # noqa: E402
 from utils.image_io import to_tensor  # noqa: E402
 from utils.metrics import psnr  # noqa: E402
+
+
+def with_top_gain_raised(model: torch.nn.Module, nats: float) -> torch.nn.Module:
+    """A copy of a variable-rate ``model`` whose top rate point's gain is e^``nats`` times larger (the gains
+    below it unchanged): log g_K − log g_(K−1) = softplus(t) grows by ``nats``."""
+    raised = copy.deepcopy(model)
+    with torch.no_grad():
+        steps = raised.rate_gain.log_steps
+        step = torch.nn.functional.softplus(steps[-1].double()) + nats
+        steps[-1] = (step + torch.log(-torch.expm1(-step))).to(steps.dtype)
+    return raised
+
+
+def code(model: torch.nn.Module, x: torch.Tensor, quality) -> tuple[float, float]:
+    """(PSNR in dB, rate in bpp from the likelihoods) of ``x`` through ``model`` at ``quality``."""
+    with torch.inference_mode():
+        out = model(x, inference=True, quality=quality)
+    bits = sum(float(-torch.log2(lk).sum()) for lk in out["likelihoods"].values())
+    return psnr(x, out["x_hat"].clamp(0, 1)), bits / (x.shape[2] * x.shape[3])
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+", help="checkpoints, shipped names, or 'shipped'")
     add_photo_arguments(p)
+    p.add_argument("--beyond", type=float, nargs="+", default=[], metavar="T",
+                   help="variable-rate models: also code at the top rate point with its gain raised by T nats")
     args = p.parse_args(argv)
     photos = load_photos(args.data, args.max_side)
-    print(f"{'checkpoint':<24} {'photo':<22} {'ceiling dB':>10} {'coded dB':>9} {'bpp':>7}")
+    print(f"{'checkpoint':<24} {'photo':<22} {'ceiling dB':>10} {'coded dB':>9} {'bpp':>7}"
+          + "".join(f" {f'+{t:g} nats dB / bpp':>20}" for t in args.beyond))
     for checkpoint in expand_shipped(list(args.checkpoints)):
         model = load_checkpoint(checkpoint)
+        if args.beyond and not model.rate_points:
+            raise UserError(f"--beyond needs a variable-rate model; {checkpoint} is fixed-rate")
+        raised = [with_top_gain_raised(model, t) for t in args.beyond]
         for name, rgb in photos.items():
             h, w = rgb.shape[0] // 64 * 64, rgb.shape[1] // 64 * 64
             x = to_tensor(np.ascontiguousarray(rgb[:h, :w]))
             with torch.inference_mode():
                 ceiling = model.synthesis(model.analysis(x), clamp=True).clamp(0, 1)
-                out = model(x, inference=True, quality=model.default_quality)
-                bits = sum(float(-torch.log2(lk).sum()) for lk in out["likelihoods"].values())
-            print(f"{str(checkpoint)[-24:]:<24} {name[-22:]:<22} {psnr(x, ceiling):>10.2f} "
-                  f"{psnr(x, out['x_hat'].clamp(0, 1)):>9.2f} {bits / (h * w):>7.3f}")
+            coded_db, bpp = code(model, x, model.default_quality)
+            beyond = "".join(f" {'%.2f / %.3f' % code(m, x, float(model.rate_points)):>20}" for m in raised)
+            print(f"{str(checkpoint)[-24:]:<24} {name[-22:]:<22} {psnr(x, ceiling):>10.2f} {coded_db:>9.2f} "
+                  f"{bpp:>7.3f}{beyond}")
     return 0
 
 
