@@ -69,6 +69,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=d["repeat"], help="visit every training image this many times per epoch (different crops)")
     p.add_argument("--lr-schedule", choices=["multistep", "cosine"], default=d["lr_schedule"],
                    help="multistep: x0.1 at --lr_epoch (the original); cosine: decay to 1%% of -lr over --epochs")
+    p.add_argument("--warmup-steps", type=int, default=d["warmup_steps"], metavar="S",
+                   help="raise the learning rate linearly from -lr/S to -lr over the run's first S steps "
+                        "(a fine-tune's fresh Adam otherwise moves every weight by -lr at once)")
     p.add_argument("--decoder-clamp", action="store_true",
                    help="train on the decoder's picture: clamp g_s's output and x̂ to [0, 1] as decompress does "
                         "(straight-through gradients)")

@@ -204,6 +204,36 @@ def test_continuing_with_more_epochs_restarts_the_cosine_schedule_at_once(data, 
     assert f"learning rate now {restart:.2e}" in capsys.readouterr().out
 
 
+def test_warmup_scales_a_fresh_runs_first_steps_and_leaves_the_schedule_alone(data, tmp_path):
+    """--warmup-steps 4: the first step runs at a quarter of the rate. Adam's first step moves every weight with
+    a gradient by the rate itself, so the largest move is a quarter of the unwarmed run's; the optimizer
+    keeps the schedule's rate (what the scheduler and the checkpoint read)."""
+    start = train(config(data, tmp_path / "a", max_steps=1, learning_rate=0.0, aux_learning_rate=0.0)).model
+    plain = train(config(data, tmp_path / "b", max_steps=1)).model
+    warmed = train(config(data, tmp_path / "c", max_steps=1, warmup_steps=4))
+    names = [n for n, _ in start.named_parameters() if not n.endswith("quantiles")]  # the aux optimizer's
+
+    def largest_move(model):
+        params = dict(model.named_parameters())
+        return max(float((params[n] - dict(start.named_parameters())[n]).abs().max()) for n in names)
+
+    assert largest_move(plain) == pytest.approx(1e-4, rel=1e-2)  # float32 weights of order 1: ulps of 1e-7
+    assert largest_move(warmed.model) == pytest.approx(1e-4 / 4, rel=1e-2)
+    assert warmed.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+def test_warmup_rates_rise_linearly_and_are_restored():
+    from utils.training.setup import warmup
+
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.3)
+    seen = []
+    for step in range(5):
+        with warmup(optimizer, step, 3):
+            seen.append(optimizer.param_groups[0]["lr"])
+        assert optimizer.param_groups[0]["lr"] == 0.3
+    assert seen == pytest.approx([0.1, 0.2, 0.3, 0.3, 0.3])
+
+
 @pytest.mark.parametrize("layout", ["state_dict only", "bare state dict"])
 def test_weights_only_file_fine_tunes_with_fresh_optimizers(data, tmp_path, straight_run, layout):
     straight, straight_out = straight_run

@@ -67,6 +67,7 @@ class TrainConfig:
     colour_augment: bool = False
     repeat: int = 1
     lr_schedule: str = "multistep"
+    warmup_steps: int = 0  # the main learning rate rises linearly over a fresh run's first steps (Adam's moments start empty)
     decoder_clamp: bool = False
     lambdas: Optional[Sequence[float]] = None  # a variable-rate model: the λs of its rate points (models/variable_rate.py)
     rate_gain: str = "channel"
@@ -99,7 +100,8 @@ def check_config(cfg: TrainConfig) -> None:
     if cfg.lr_schedule not in ("multistep", "cosine"):
         raise UserError(f"--lr-schedule must be multistep or cosine, got {cfg.lr_schedule!r}")
     nonnegative = {"--num-workers": cfg.num_workers, "--skip_epoch": cfg.skip_epoch,
-                   "--save-every-steps": cfg.save_every_steps, "--clip_max_norm": cfg.clip_max_norm}
+                   "--save-every-steps": cfg.save_every_steps, "--clip_max_norm": cfg.clip_max_norm,
+                   "--warmup-steps": cfg.warmup_steps}
     if cfg.max_steps is not None:
         nonnegative["--max-steps"] = cfg.max_steps
     if cfg.max_minutes is not None:

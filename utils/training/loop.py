@@ -66,6 +66,7 @@ from .setup import (
     to_device,
     training_device,
     variable_rate_warm_start,
+    warmup,
 )
 from .signals import StopSignals
 from .state import TrainState
@@ -269,10 +270,12 @@ def train_one_epoch(run: Run, state: TrainState, signals: StopSignals, budget: T
         # A variable-rate model: this step's quality and its λ, drawn from (seed, step) (models/variable_rate.py).
         quality = run.rates.quality(state.step) if run.rates is not None else None
         lmbda = run.rates.lmbda(quality) if run.rates is not None else None
-        result = train_step(run.model, x, run.criterion, state, clip_max_norm=cfg.clip_max_norm,
-                            decoder_clamp=cfg.decoder_clamp, autocast=run.autocast,
-                            agree=lambda flags: all_reduce_max(flags, run.ctx, run.device),
-                            flags=lambda: [float(signals.signum or 0), budget.up()], quality=quality, lmbda=lmbda)
+        with warmup(state.optimizer, state.step, cfg.warmup_steps):
+            result = train_step(run.model, x, run.criterion, state, clip_max_norm=cfg.clip_max_norm,
+                                decoder_clamp=cfg.decoder_clamp, autocast=run.autocast,
+                                agree=lambda flags: all_reduce_max(flags, run.ctx, run.device),
+                                flags=lambda: [float(signals.signum or 0), budget.up()], quality=quality,
+                                lmbda=lmbda)
         if quality is not None:  # logged with the loss terms: the loss of each step is that of its own λ
             result.terms.update(quality=torch.tensor(quality, device=x.device), lmbda=torch.tensor(lmbda, device=x.device))
         stop_signum, out_of_time = result.flags

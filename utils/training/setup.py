@@ -12,9 +12,9 @@ import math
 import random
 import sys
 from collections import Counter
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import ContextManager, Optional, Tuple
+from typing import ContextManager, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -196,6 +196,28 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig):
             return COSINE_FINAL_FACTOR + (1 - COSINE_FINAL_FACTOR) * 0.5 * (1 + math.cos(math.pi * progress))
         return LambdaLR(optimizer, factor)
     return MultiStepLR(optimizer, milestones=list(cfg.lr_epoch), gamma=0.1)
+
+
+@contextmanager
+def warmup(optimizer: torch.optim.Optimizer, step: int, warmup_steps: int) -> Iterator[None]:
+    """Within it, the optimizer's rates are the schedule's times (step + 1) / ``warmup_steps`` while ``step`` <
+    ``warmup_steps`` (--warmup-steps, counted from a run's first step, so a resumed run keeps its place).
+
+    Adam's first steps move every weight by about the learning rate whatever its gradient, which throws a
+    trained model off before its moment estimates settle. The rates are restored on leaving, so that the
+    schedulers, which read them, see only their own.
+    """
+    if step >= warmup_steps:
+        yield
+        return
+    scheduled = [group["lr"] for group in optimizer.param_groups]
+    for group, lr in zip(optimizer.param_groups, scheduled):
+        group["lr"] = lr * (step + 1) / warmup_steps
+    try:
+        yield
+    finally:
+        for group, lr in zip(optimizer.param_groups, scheduled):
+            group["lr"] = lr
 
 
 def resume_schedule(scheduler: torch.optim.lr_scheduler.LRScheduler, cfg: TrainConfig) -> Optional[float]:
