@@ -163,7 +163,8 @@ if [ -n "${VARIABLE_RATE:-}" ]; then
     # q3 file (models/weights/ at commit 96be6fb), 5,120 steps on 64² crops with a quality drawn per batch
     # (λ log-linear between the five points), one thread; then the entropy stage; then the whole model on
     # 256² crops in batches of 2 (stopped by --max-minutes after 769 of the 896 steps this schedule
-    # gives, its cosine at 2e-5; beside another run, one thread each); then the entropy stage again.
+    # gives, its cosine at 2e-5; beside another run, one thread each); then the entropy stage again; then
+    # both once more.
     python tools/training_data.py --out "$RUNS/data"
     python tools/training_data.py --out "$RUNS/data512" --max-side 512
     LAMBDAS=(0.0003 0.0008 0.004 0.025 0.15)
@@ -176,6 +177,15 @@ if [ -n "${VARIABLE_RATE:-}" ]; then
         --checkpoint "$RUNS/entropy/vr1.pth.tar" --no-continue_train --save_path "$RUNS/vr256"
     python -u tools/entropy_stage.py "$RUNS/vr256/0.0003-0.15/checkpoint_latest.pth.tar" --data "$RUNS/data512" \
         -o "$RUNS/entropy/vr.pth.tar"
+    # (shipped at this point as fingerprint 1773a395…, commit 0dabf87.) Then the same step on 256² crops again,
+    # from that shipped float16 file (stopped by --max-minutes after 810 of the 896 steps, its cosine at 2e-5;
+    # beside another run, one thread each), and the entropy stage once more:
+    git show 0dabf87:models/weights/icwem-small-vr.pt > "$RUNS/icwem-small-vr-1773a395.pt"
+    python -u train.py -d "$RUNS/data512" --batch-size 2 --patch-size 256 256 --augment --colour-augment --repeat 4 \
+        --lr-schedule cosine --decoder-clamp -lr 1e-4 --lambdas "${LAMBDAS[@]}" --epochs 7 --max-minutes 92 \
+        --checkpoint "$RUNS/icwem-small-vr-1773a395.pt" --no-continue_train --save_path "$RUNS/vr256b"
+    python -u tools/entropy_stage.py "$RUNS/vr256b/0.0003-0.15/checkpoint_latest.pth.tar" --data "$RUNS/data512" \
+        -o "$RUNS/entropy/vr2.pth.tar"
     # then: python tools/ship_weights.py icwem-small-q1 icwem-small-q2 icwem-small-q3 icwem-small-q4 \
-    #   --variable-rate $RUNS/entropy/vr.pth.tar
+    #   --variable-rate $RUNS/entropy/vr2.pth.tar
 fi
