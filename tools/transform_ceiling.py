@@ -8,7 +8,8 @@ reaches it (or passes it a little: g_s was trained on quantised latents, not on 
 transforms: more bits at the same transforms cannot buy much. ``--beyond T …`` shows it for a variable-rate
 model: it is also coded at its top rate point with the gain raised by T nats (a quantisation step e^T times
 finer), rates the model was not trained for and cannot write to a file.
-Photos: tools/heldout_rd.py's held-out set, cropped to a multiple of 64 pixels; rate from the likelihoods.
+Photos: tools/heldout_rd.py's held-out set, cropped to a multiple of 64 pixels; rate from the likelihoods;
+PSNR of 8-bit pictures, as a decoded file would give.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from models import load_checkpoint  # noqa: E402
 from models.zoo import expand_shipped  # noqa: E402
 from tools.heldout_rd import add_photo_arguments, load_photos  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
+from utils.coding.forward import estimate  # noqa: E402
 from utils.errors import UserError  # noqa: E402
-from utils.image_io import to_tensor  # noqa: E402
+from utils.image_io import to_tensor, to_uint8  # noqa: E402
 from utils.metrics import psnr  # noqa: E402
 
 
@@ -43,12 +45,11 @@ def with_top_gain_raised(model: torch.nn.Module, nats: float) -> torch.nn.Module
     return raised
 
 
-def code(model: torch.nn.Module, x: torch.Tensor, quality) -> tuple[float, float]:
-    """(PSNR in dB, rate in bpp from the likelihoods) of ``x`` through ``model`` at ``quality``."""
-    with torch.inference_mode():
-        out = model(x, inference=True, quality=quality)
-    bits = sum(float(-torch.log2(lk).sum()) for lk in out["likelihoods"].values())
-    return psnr(x, out["x_hat"].clamp(0, 1)), bits / (x.shape[2] * x.shape[3])
+def code(model: torch.nn.Module, rgb: np.ndarray, quality) -> tuple[float, float]:
+    """(PSNR in dB of the 8-bit picture, rate in bpp from the likelihoods) of ``rgb`` through ``model`` at
+    ``quality``: ``utils.coding.forward.estimate``, the forward pass ``eval.py`` reports without ``--real``."""
+    bpp, reconstruction, _ = estimate(model, rgb, quality)
+    return psnr(to_tensor(rgb), to_tensor(reconstruction)), bpp
 
 
 def main(argv=None) -> int:
@@ -68,11 +69,12 @@ def main(argv=None) -> int:
         raised = [with_top_gain_raised(model, t) for t in args.beyond]
         for name, rgb in photos.items():
             h, w = rgb.shape[0] // 64 * 64, rgb.shape[1] // 64 * 64
-            x = to_tensor(np.ascontiguousarray(rgb[:h, :w]))
+            rgb = np.ascontiguousarray(rgb[:h, :w])
+            x = to_tensor(rgb)
             with torch.inference_mode():
-                ceiling = model.synthesis(model.analysis(x), clamp=True).clamp(0, 1)
-            coded_db, bpp = code(model, x, model.default_quality)
-            beyond = "".join(f" {'%.2f / %.3f' % code(m, x, float(model.rate_points)):>20}" for m in raised)
+                ceiling = to_tensor(to_uint8(model.synthesis(model.analysis(x), clamp=True)))
+            coded_db, bpp = code(model, rgb, model.default_quality)
+            beyond = "".join(f" {'%.2f / %.3f' % code(m, rgb, float(model.rate_points)):>20}" for m in raised)
             print(f"{str(checkpoint)[-24:]:<24} {name[-22:]:<22} {psnr(x, ceiling):>10.2f} {coded_db:>9.2f} "
                   f"{bpp:>7.3f}{beyond}")
     return 0
