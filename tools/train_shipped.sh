@@ -186,6 +186,14 @@ if [ -n "${VARIABLE_RATE:-}" ]; then
         --checkpoint "$RUNS/icwem-small-vr-1773a395.pt" --no-continue_train --save_path "$RUNS/vr256b"
     python -u tools/entropy_stage.py "$RUNS/vr256b/0.0003-0.15/checkpoint_latest.pth.tar" --data "$RUNS/data512" \
         -o "$RUNS/entropy/vr2.pth.tar"
+    # (shipped at this point as fingerprint ffa68f63…, commit 303295d.) Then the same step once more from that
+    # float32 checkpoint, six epochs this time (--epochs 6, all 768 steps in 88 minutes, beside another run),
+    # and the entropy stage once more:
+    python -u train.py -d "$RUNS/data512" --batch-size 2 --patch-size 256 256 --augment --colour-augment --repeat 4 \
+        --lr-schedule cosine --decoder-clamp -lr 1e-4 --lambdas "${LAMBDAS[@]}" --epochs 6 --max-minutes 88 \
+        --checkpoint "$RUNS/entropy/vr2.pth.tar" --no-continue_train --save_path "$RUNS/vr256c"
+    python -u tools/entropy_stage.py "$RUNS/vr256c/0.0003-0.15/checkpoint_latest.pth.tar" --data "$RUNS/data512" \
+        -o "$RUNS/entropy/vr3.pth.tar"
     # then: python tools/ship_weights.py icwem-small-q1 icwem-small-q2 icwem-small-q3 icwem-small-q4 \
-    #   --variable-rate $RUNS/entropy/vr2.pth.tar
+    #   --variable-rate $RUNS/entropy/vr3.pth.tar
 fi
