@@ -172,28 +172,24 @@ if [ -n "${VARIABLE_RATE:-}" ]; then
         --no-continue_train --save_path "$RUNS/vr1/prod"
     python -u tools/entropy_stage.py "$RUNS/vr1/prod/0.0003-0.15/checkpoint_latest.pth.tar" --data "$RUNS/data512" \
         -o "$RUNS/entropy/vr1.pth.tar"
-    python -u train.py -d "$RUNS/data512" --batch-size 2 --patch-size 256 256 --augment --colour-augment --repeat 4 \
-        --lr-schedule cosine --decoder-clamp -lr 1e-4 --lambdas "${LAMBDAS[@]}" --epochs 7 --max-minutes 88 \
-        --checkpoint "$RUNS/entropy/vr1.pth.tar" --no-continue_train --save_path "$RUNS/vr256"
-    python -u tools/entropy_stage.py "$RUNS/vr256/0.0003-0.15/checkpoint_latest.pth.tar" --data "$RUNS/data512" \
-        -o "$RUNS/entropy/vr.pth.tar"
+    # One step of the whole model on 256² crops from checkpoint FROM (into $RUNS/RUN), then the entropy stage
+    # into OUT: step_256 FROM RUN EPOCHS MINUTES OUT
+    step_256() {
+        python -u train.py -d "$RUNS/data512" --batch-size 2 --patch-size 256 256 --augment --colour-augment \
+            --repeat 4 --lr-schedule cosine --decoder-clamp -lr 1e-4 --lambdas "${LAMBDAS[@]}" --epochs "$3" \
+            --max-minutes "$4" --checkpoint "$1" --no-continue_train --save_path "$RUNS/$2"
+        python -u tools/entropy_stage.py "$RUNS/$2/0.0003-0.15/checkpoint_latest.pth.tar" --data "$RUNS/data512" -o "$5"
+    }
+    step_256 "$RUNS/entropy/vr1.pth.tar" vr256 7 88 "$RUNS/entropy/vr.pth.tar"
     # (shipped at this point as fingerprint 1773a395…, commit 0dabf87.) Then the same step on 256² crops again,
     # from that shipped float16 file (stopped by --max-minutes after 810 of the 896 steps, its cosine at 2e-5;
     # beside another run, one thread each), and the entropy stage once more:
     git show 0dabf87:models/weights/icwem-small-vr.pt > "$RUNS/icwem-small-vr-1773a395.pt"
-    python -u train.py -d "$RUNS/data512" --batch-size 2 --patch-size 256 256 --augment --colour-augment --repeat 4 \
-        --lr-schedule cosine --decoder-clamp -lr 1e-4 --lambdas "${LAMBDAS[@]}" --epochs 7 --max-minutes 92 \
-        --checkpoint "$RUNS/icwem-small-vr-1773a395.pt" --no-continue_train --save_path "$RUNS/vr256b"
-    python -u tools/entropy_stage.py "$RUNS/vr256b/0.0003-0.15/checkpoint_latest.pth.tar" --data "$RUNS/data512" \
-        -o "$RUNS/entropy/vr2.pth.tar"
+    step_256 "$RUNS/icwem-small-vr-1773a395.pt" vr256b 7 92 "$RUNS/entropy/vr2.pth.tar"
     # (shipped at this point as fingerprint ffa68f63…, commit 303295d.) Then the same step once more from that
-    # float32 checkpoint, six epochs this time (--epochs 6, all 768 steps in 88 minutes, beside another run),
-    # and the entropy stage once more:
-    python -u train.py -d "$RUNS/data512" --batch-size 2 --patch-size 256 256 --augment --colour-augment --repeat 4 \
-        --lr-schedule cosine --decoder-clamp -lr 1e-4 --lambdas "${LAMBDAS[@]}" --epochs 6 --max-minutes 88 \
-        --checkpoint "$RUNS/entropy/vr2.pth.tar" --no-continue_train --save_path "$RUNS/vr256c"
-    python -u tools/entropy_stage.py "$RUNS/vr256c/0.0003-0.15/checkpoint_latest.pth.tar" --data "$RUNS/data512" \
-        -o "$RUNS/entropy/vr3.pth.tar"
+    # float32 checkpoint, six epochs this time (all 768 steps in 88 minutes, beside another run), and the
+    # entropy stage once more:
+    step_256 "$RUNS/entropy/vr2.pth.tar" vr256c 6 88 "$RUNS/entropy/vr3.pth.tar"
     # then: python tools/ship_weights.py icwem-small-q1 icwem-small-q2 icwem-small-q3 icwem-small-q4 \
     #   --variable-rate $RUNS/entropy/vr3.pth.tar
 fi
