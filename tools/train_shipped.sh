@@ -190,6 +190,10 @@ if [ -n "${VARIABLE_RATE:-}" ]; then
     # float32 checkpoint, six epochs this time (all 768 steps in 88 minutes, beside another run), and the
     # entropy stage once more:
     step_256 "$RUNS/entropy/vr2.pth.tar" vr256c 6 88 "$RUNS/entropy/vr3.pth.tar"
+    # (shipped at this point as fingerprint 6430ea60…, commit 2ddce2d.) Then the same step once more from that
+    # float32 checkpoint (stopped by --max-minutes after 693 of the 768 steps, its cosine at 3e-6; beside
+    # another run, one thread each), and the entropy stage once more:
+    step_256 "$RUNS/entropy/vr3.pth.tar" vr256d 6 80 "$RUNS/entropy/vr4.pth.tar"
     # then: python tools/ship_weights.py icwem-small-q1 icwem-small-q2 icwem-small-q3 icwem-small-q4 \
-    #   --variable-rate $RUNS/entropy/vr3.pth.tar
+    #   --variable-rate $RUNS/entropy/vr4.pth.tar
 fi
