@@ -5,6 +5,7 @@
     python benchmarks/refine.py --checkpoint tiny --iterations 25 100 500 --photos chelsea   # cost only
     python benchmarks/refine.py --memory --sizes 256x256 512x512 1024x512                   # peak memory
     python benchmarks/refine.py --table                            # the table of what --log holds
+    python benchmarks/refine.py --checkpoint icwem-small-vr --quality 1 2 3 4 5 --iterations 50
 
 For every checkpoint and every photo's centre crop: the plain file (``encode_image``) and the refined file
 of each N (``encode_image(..., RefineOptions(N))``), both real ``.icwem`` bytes decoded by the plain
@@ -21,6 +22,9 @@ Held-out photos: scikit-image's ``chelsea`` and ``coffee`` (never trained on) an
 is appended to ``--log`` (JSON lines) as it is made, and a run skips what the log already holds: an
 interrupted run resumes, runs for other ``--photos`` may share a log, and ``--table`` reprints the
 table without coding anything.
+
+A variable-rate checkpoint gives one rate point per ``--quality`` (named ``CHECKPOINT@Q``), refined
+for λ(Q), the λ it was trained for at that quality; a fixed-rate checkpoint is one rate point.
 
 ``--checkpoint tiny`` is the tiny preset with the test fixture's synthetic weights (tests/fixtures):
 its files and timings are real, but an untrained model has no rate-distortion curve to compare, so
@@ -57,6 +61,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, nargs="+", default=[25, 100, 500])
     p.add_argument("--photos", nargs="+", default=None,
                    help="chelsea, coffee, plasma-Path, plasma-EveningGlow (default: all that are here)")
+    p.add_argument("--quality", type=float, nargs="+", default=[1.0, 2.0, 3.0, 4.0, 5.0],
+                   help="the qualities of a variable-rate checkpoint, one rate point each")
     p.add_argument("--size", default="256x256", help="centre crop WxH")
     p.add_argument("--lambda", dest="lmbda", type=float, default=0.004, help="λ for checkpoints that record none")
     p.add_argument("--surrogate", default=None, help="rounding surrogate, ste or sga (default: models.refine.SURROGATE)")
@@ -124,7 +130,7 @@ def load_model(name: str, lmbda: float):
     return model
 
 
-def measure(model, rgb, iterations: int, surrogate: str) -> dict:
+def measure(model, rgb, iterations: int, surrogate: str, quality: Optional[float] = None) -> dict:
     """One file (plain when ``iterations`` is 0) coded, decoded by the plain decoder and measured."""
     import torch
 
@@ -135,7 +141,8 @@ def measure(model, rgb, iterations: int, surrogate: str) -> dict:
     from utils.metrics import bpp_from_bytes, psnr
 
     wall, cpu = time.perf_counter(), time.process_time()
-    bs, stats = encode_image(model, rgb, RefineOptions(iterations, surrogate=surrogate) if iterations else None)
+    bs, stats = encode_image(model, rgb, RefineOptions(iterations, surrogate=surrogate) if iterations else None,
+                             quality)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     data = pack(bs)
     decoded, _ = decode_bitstream(model, unpack(data))
@@ -169,6 +176,7 @@ def read_log(path: Path) -> List[dict]:
 def run(args: argparse.Namespace) -> None:
     import torch
 
+    from models.refine import trained_lambda_at
     from models.zoo import expand_shipped
 
     torch.set_num_threads(args.threads)
@@ -177,34 +185,53 @@ def run(args: argparse.Namespace) -> None:
     photos = held_out_photos(args.photos)
     done = {_key(r) for r in read_log(args.log)}
     args.log.parent.mkdir(parents=True, exist_ok=True)
-    models = {}
-    for iterations in [0, *args.iterations]:  # every model at one N before the next: a partial run has curves
-        for checkpoint in expand_shipped(args.checkpoint):
+    models = {checkpoint: load_model(checkpoint, args.lmbda) for checkpoint in expand_shipped(args.checkpoint)}
+    points = [(checkpoint, quality) for checkpoint, model in models.items()
+              for quality in (args.quality if model.rate_points else [None])]
+    for iterations in [0, *args.iterations]:  # every rate point at one N before the next: a partial run has curves
+        for checkpoint, quality in points:
+            name = checkpoint if quality is None else f"{checkpoint}@{quality:g}"
             for photo, img in photos.items():
-                key = (checkpoint, photo, args.size, iterations, surrogate if iterations else "")
+                key = (name, photo, args.size, iterations, surrogate if iterations else "")
                 if key in done or key in {_key(r) for r in read_log(args.log)}:  # or done by another run meanwhile
                     continue
-                if checkpoint not in models:
-                    models[checkpoint] = load_model(checkpoint, args.lmbda)
                 model, rgb = models[checkpoint], centre_crop(img, width, height)
-                row = {"checkpoint": checkpoint, "photo": photo, "size": args.size, "iterations": iterations,
-                       "surrogate": key[-1], "lambda": model.lmbda, **measure(model, rgb, iterations, surrogate)}
+                lmbda = model.lmbda if quality is None else trained_lambda_at(model, quality)
+                row = {"checkpoint": name, "photo": photo, "size": args.size, "iterations": iterations,
+                       "surrogate": key[-1], "lambda": lmbda, **measure(model, rgb, iterations, surrogate, quality)}
                 with open(args.log, "a") as f:
                     f.write(json.dumps(row) + "\n")
-                print(f"{checkpoint} {photo} N={iterations}: {row['bpp']:.4f} bpp {row['psnr']:.3f} dB "
+                print(f"{name} {photo} N={iterations}: {row['bpp']:.4f} bpp {row['psnr']:.3f} dB "
                       f"{row['encode_s']:.1f} s", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- table
 def table(rows: List[dict], size: str, surrogate: str) -> List[str]:
-    """BD-rate of each N against plain, per photo set and per photo, and seconds per megapixel."""
+    """BD-rate of each N against plain, per photo set and per photo, and seconds per megapixel, per curve."""
+    rows = [r for r in rows if r["size"] == size and _key(r)[-1] in ("", surrogate)]
+    lines = []
+    for model, checkpoints in curves(rows).items():
+        lines += curve_table(rows, model, checkpoints, size, surrogate)
+    return lines + tiny_table(rows)
+
+
+def curves(rows: List[dict]) -> Dict[str, List[str]]:
+    """The rate points of each curve: the fixed-rate checkpoints together, each variable-rate checkpoint's
+    qualities (``CHECKPOINT@Q``) by themselves."""
+    found: Dict[str, List[str]] = {}
+    for name in sorted({r["checkpoint"] for r in rows if r["checkpoint"] != "tiny"}):
+        found.setdefault(name.rpartition("@")[0] or "fixed-rate", []).append(name)
+    return found
+
+
+def curve_table(rows: List[dict], model: str, checkpoints: List[str], size: str, surrogate: str) -> List[str]:
+    """One curve's BD-rate against plain per N, and its points plain and refined."""
     import numpy as np
 
     from utils.evaluation.bd import bd_psnr, bd_rate
 
-    rows = [r for r in rows if r["size"] == size and _key(r)[-1] in ("", surrogate)]
     lines = []
-    checkpoints = sorted({r["checkpoint"] for r in rows if r["checkpoint"] != "tiny"})
+    rows = [r for r in rows if r["checkpoint"] in checkpoints]
     counts = sorted({r["iterations"] for r in rows if r["iterations"]})
     photos = sorted({r["photo"] for r in rows})
 
@@ -236,7 +263,7 @@ def table(rows: List[dict], size: str, surrogate: str) -> List[str]:
         return f"{sum(r['refine_s'] for r in found) / mp:,.0f}", f"{sum(r['encode_cpu_s'] for r in found) / mp:,.0f}"
 
     if checkpoints:
-        lines.append(f"shipped models {', '.join(checkpoints)}; centre crops {size} of {', '.join(photos)}; "
+        lines.append(f"{model}: {', '.join(checkpoints)}; centre crops {size} of {', '.join(photos)}; "
                      f"surrogate {surrogate}")
         head = "| N | crops | BD-rate (mean curve) | BD-PSNR | " + " | ".join(f"BD-rate {p}" for p in photos) + \
                " | s/MP refining (wall) | s/MP encoding (CPU) |"
@@ -261,14 +288,30 @@ def table(rows: List[dict], size: str, surrogate: str) -> List[str]:
                 change = np.mean([100 * (b["objective"] / b["initial"] - 1) for _, b in found])
                 best = "/".join(str(b["best_iteration"]) for _, b in found)
                 lines.append(f"| {c} | {n} | {len(found)} | {bpp0:.4f} → {bpp1:.4f} | {psnr0:.3f} → {psnr1:.3f} | {change:+.2f} % | {best} |")
+        lines.append("")
+    return lines
+
+
+def tiny_table(rows: List[dict]) -> List[str]:
+    """The tiny preset's cost and objective change per N (synthetic weights: no curve)."""
+    import numpy as np
+
+    lines = []
     tiny = [r for r in rows if r["checkpoint"] == "tiny" and r["iterations"]]
+    counts = sorted({r["iterations"] for r in tiny})
+
+    def cost(n) -> tuple:
+        found = [r for r in tiny if r["iterations"] == n]
+        mp = sum(r["megapixels"] for r in found)
+        return f"{sum(r['refine_s'] for r in found) / mp:,.0f}", f"{sum(r['encode_cpu_s'] for r in found) / mp:,.0f}"
+
     if tiny:
         lines += ["", "tiny preset (fixture weights, synthetic: cost and objective only)",
                   "| N | s/MP refining (wall) | s/MP encoding (CPU) | objective change |", "|---|---|---|---|"]
         for n in counts:
             found = [r for r in tiny if r["iterations"] == n]
             if found:
-                wall, cpu = cost({"tiny"}, n)
+                wall, cpu = cost(n)
                 change = np.mean([100 * (r["objective"] / r["initial"] - 1) for r in found])
                 lines.append(f"| {n} | {wall} | {cpu} | {change:+.2f} % |")
     return lines

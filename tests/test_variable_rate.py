@@ -389,8 +389,57 @@ def test_transform_ceiling_codes_beyond_the_top_rate_point(vr_model, vr_checkpoi
     assert finer[1] > at_top[1]
 
 
+def test_transform_ceiling_optimise_finds_a_latent_the_synthesis_draws_better():
+    """--optimise N on the shipped model: zero steps give the ceiling itself; a few steps on the latent, for
+    distortion alone, give g_s a better picture; the weights neither move nor stay frozen afterwards."""
+    from tools.transform_ceiling import optimised_latent_psnr
+    from utils.image_io import to_tensor, to_uint8
+    from utils.metrics import psnr
+
+    vr_model = load_checkpoint("icwem-small-vr")
+    x = photo_tensor(h=64, w=64, top=100, left=180)
+    before = {k: v.clone() for k, v in vr_model.state_dict().items()}
+    with torch.inference_mode():
+        ceiling = psnr(x, to_tensor(to_uint8(vr_model.synthesis(vr_model.analysis(x), clamp=True))))
+    assert optimised_latent_psnr(vr_model, x, 0) == pytest.approx(ceiling, abs=0.01)
+    assert optimised_latent_psnr(vr_model, x, 10) > ceiling + 0.05
+    assert all(torch.equal(v, before[k]) for k, v in vr_model.state_dict().items())
+    assert all(p.requires_grad for p in vr_model.parameters())
+
+
 def test_transform_ceiling_refuses_beyond_for_a_fixed_rate_model(tiny_checkpoint, tmp_path):
     from tools.transform_ceiling import main as transform_ceiling
 
     with pytest.raises(UserError, match="variable-rate"):
         transform_ceiling([str(tiny_checkpoint), "--beyond", "1", "--max-side", "64"])
+
+
+# ---------------------------------------------------------------------------------------------- refinement benchmark
+def test_the_refine_benchmark_codes_each_quality_as_a_rate_point_refined_for_its_lambda(vr_model, tmp_path):
+    """benchmarks/refine.py --quality: one rate point per quality (CHECKPOINT@Q), refined for λ(Q), and one
+    curve per model in the table, real files both plain and refined."""
+    import importlib.util
+    from pathlib import Path
+
+    checkpoint = tmp_path / "vr.pth.tar"
+    torch.save({"state_dict": vr_model.state_dict(), "model_config": vr_model.config, "lambdas": list(LAMBDAS)},
+               checkpoint)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "refine.py"
+    spec = importlib.util.spec_from_file_location("refine_benchmark", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    log = tmp_path / "log.jsonl"
+    args = bench.parse_args(["--checkpoint", str(checkpoint), "--quality", "1", "4", "--iterations", "2",
+                             "--photos", "chelsea", "--size", "64x64", "--log", str(log)])
+    bench.run(args)
+    rows = bench.read_log(log)
+    assert {(r["checkpoint"].rpartition("@")[2], r["iterations"]) for r in rows} == {
+        ("1", 0), ("4", 0), ("1", 2), ("4", 2)}
+    assert {r["lambda"] for r in rows} == {LAMBDAS[0], LAMBDAS[3]}
+    plain = {r["checkpoint"]: r["bpp"] for r in rows if r["iterations"] == 0}
+    assert plain[f"{checkpoint}@1"] < plain[f"{checkpoint}@4"]
+    refined = [r for r in rows if r["iterations"]]
+    assert all(r["objective"] <= r["initial"] for r in refined)
+    assert bench.curves(rows + [{"checkpoint": "icwem-small-q1"}]) == {
+        "fixed-rate": ["icwem-small-q1"], str(checkpoint): [f"{checkpoint}@1", f"{checkpoint}@4"]}
+    assert any(line.startswith(f"{checkpoint}: ") for line in bench.table(rows, "64x64", bench._surrogate(args)))

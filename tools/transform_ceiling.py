@@ -8,6 +8,12 @@ reaches it (or passes it a little: g_s was trained on quantised latents, not on 
 transforms: more bits at the same transforms cannot buy much. ``--beyond T …`` shows it for a variable-rate
 model: it is also coded at its top rate point with the gain raised by T nats (a quantisation step e^T times
 finer), rates the model was not trained for and cannot write to a file.
+
+Which half sets the ceiling? ``--optimise N`` also runs N Adam steps on the unquantised latent itself, from
+g_a(x), for distortion alone (every weight fixed), and prints the PSNR g_s gives that latent: if it is
+well above the ceiling, the synthesis can draw a better picture than the analysis transform asks of it,
+and the limit is the analysis (an amortisation gap, which ``codec.py --refine`` narrows per image); if
+not, the synthesis is the limit.
 Photos: tools/heldout_rd.py's held-out set, cropped to a multiple of 64 pixels; rate from the likelihoods;
 PSNR of 8-bit pictures, as a decoded file would give.
 """
@@ -52,16 +58,42 @@ def code(model: torch.nn.Module, rgb: np.ndarray, quality) -> tuple[float, float
     return psnr(to_tensor(rgb), to_tensor(reconstruction)), bpp
 
 
+def optimised_latent_psnr(model: torch.nn.Module, x: torch.Tensor, steps: int, lr: float = 0.02) -> float:
+    """PSNR (dB, 8-bit picture) of g_s(y*), y* found by ``steps`` Adam steps on ||g_s(y) − x||² from
+    y = g_a(x); the step size is ``lr`` times the standard deviation of g_a(x)."""
+    with torch.no_grad():
+        y0 = model.analysis(x, inference=False)
+    y = y0.clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([y], lr=lr * float(y0.std()))
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        for _ in range(steps):
+            optimiser.zero_grad()
+            loss = torch.mean((model.synthesis(y, inference=False) - x) ** 2)
+            loss.backward()
+            optimiser.step()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    with torch.inference_mode():
+        return psnr(x, to_tensor(to_uint8(model.synthesis(y.detach(), clamp=True))))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+", help="checkpoints, shipped names, or 'shipped'")
     add_photo_arguments(p)
     p.add_argument("--beyond", type=float, nargs="+", default=[], metavar="T",
                    help="variable-rate models: also code at the top rate point with its gain raised by T nats")
+    p.add_argument("--optimise", type=int, default=0, metavar="N",
+                   help="also the PSNR of g_s from a latent optimised for distortion alone, N Adam steps from g_a(x)")
     args = p.parse_args(argv)
     photos = load_photos(args.data, args.max_side)
     print(f"{'checkpoint':<24} {'photo':<22} {'ceiling dB':>10} {'coded dB':>9} {'bpp':>7}"
-          + "".join(f" {f'+{t:g} nats dB / bpp':>20}" for t in args.beyond))
+          + "".join(f" {f'+{t:g} nats dB / bpp':>20}" for t in args.beyond)
+          + (f" {f'optimised y ({args.optimise}) dB':>22}" if args.optimise else ""))
     for checkpoint in expand_shipped(list(args.checkpoints)):
         model = load_checkpoint(checkpoint)
         if args.beyond and not model.rate_points:
@@ -75,8 +107,9 @@ def main(argv=None) -> int:
                 ceiling = to_tensor(to_uint8(model.synthesis(model.analysis(x), clamp=True)))
             coded_db, bpp = code(model, rgb, model.default_quality)
             beyond = "".join(f" {'%.2f / %.3f' % code(m, rgb, float(model.rate_points)):>20}" for m in raised)
+            optimised = f" {optimised_latent_psnr(model, x, args.optimise):>22.2f}" if args.optimise else ""
             print(f"{str(checkpoint)[-24:]:<24} {name[-22:]:<22} {psnr(x, ceiling):>10.2f} {coded_db:>9.2f} "
-                  f"{bpp:>7.3f}{beyond}")
+                  f"{bpp:>7.3f}{beyond}{optimised}", flush=True)
     return 0
 
 
