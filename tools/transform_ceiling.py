@@ -14,6 +14,7 @@ g_a(x), for distortion alone (every weight fixed), and prints the PSNR g_s gives
 well above the ceiling, the synthesis can draw a better picture than the analysis transform asks of it,
 and the limit is the analysis (an amortisation gap, which ``codec.py --refine`` narrows per image); if
 not, the synthesis is the limit.
+
 Photos: tools/heldout_rd.py's held-out set, cropped to a multiple of 64 pixels; rate from the likelihoods;
 PSNR of 8-bit pictures, as a decoded file would give.
 """
