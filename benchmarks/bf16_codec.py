@@ -94,7 +94,7 @@ def flops(model: torch.nn.Module, rgb: np.ndarray, quality: Optional[float]) -> 
         out = model.compress(x, **rate)
         encode = count_flops(lambda: model.compress(x, **rate))
         decode = count_flops(lambda: model.decompress(out["strings"], out["shape"], **rate))
-    return {"encode": encode / 1e9, "decode": decode / 1e9}
+    return {"encode": encode / 1e9, "decode": decode / 1e9, "width": w, "height": h}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,8 +111,7 @@ def run(args: argparse.Namespace) -> int:
     qualities: Sequence[Optional[float]] = args.quality if model.rate_points else [None]
     first = next(iter(photos.values()))
     work = flops(model, first, qualities[-1])
-    h, w = first.shape[0] // 64 * 64, first.shape[1] // 64 * 64
-    print(f"**Model**: {checkpoint}; FLOPs of one compress / decompress of {w}×{h}: {work['encode']:.1f} / "
+    print(f"**Model**: {checkpoint}; FLOPs of one compress / decompress of {work['width']}×{work['height']}: {work['encode']:.1f} / "
           f"{work['decode']:.1f} GFLOP; times: median of {args.runs} rounds after one warm-up\n")
 
     print("| photo | Q | bpp fp32 / bf16 enc | PSNR fp32→fp32 | Δ bf16 enc | Δ bf16 dec | Δ both | "
