@@ -63,7 +63,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--save-every-steps", type=int, default=d["save_every_steps"],
                    help="also save checkpoint_latest.pth.tar every this many steps within an epoch (0: only at epoch ends)")
     p.add_argument("--augment", action="store_true",
-                   help="multi-scale random crops (each image shrunk by a random factor in [0.3, 1] first) and left-right flips")
+                   help="multi-scale random crops (each image shrunk by a random factor in [0.3, 1] first) in any of the eight "
+                        "orientations (flipped or not, turned by a multiple of 90 degrees)")
     p.add_argument("--colour-augment", action="store_true",
                    help="put each training crop's colour channels in a random one of their six orders")
     p.add_argument("--repeat", type=int, default=d["repeat"], help="visit every training image this many times per epoch (different crops)")

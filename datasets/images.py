@@ -54,18 +54,24 @@ def _pad_to(img: np.ndarray, height: int, width: int) -> np.ndarray:
 MIN_SCALE = 0.3
 
 
+def _random_rescale_and_orient(img: np.ndarray, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """Shrink by a log-uniform factor in [MIN_SCALE, 1], then put the picture in one of its eight orientations.
 
-
-def _random_rescale_and_flip(img: np.ndarray, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
-    """Shrink by a log-uniform factor in [MIN_SCALE, 1] (kept large enough for the patch), flip half the time."""
+    The orientation is a left-right flip or not, then a turn by 0, 90, 180 or 270 degrees: every way of laying
+    a picture on its grid, which a few photos (their skies always at the top) otherwise teach the codec to
+    expect. The shrunk image stays large enough for the patch in either orientation.
+    """
     h, w = img.shape[:2]
-    low = max(MIN_SCALE, height / h, width / w)
+    side = max(height, width)
+    low = max(MIN_SCALE, side / min(h, w))
     scale = math.exp(rng.uniform(math.log(low), 0.0)) if low < 1 else 1.0
     flip = rng.random() < 0.5
     if scale < 1:
-        size = (max(width, round(w * scale)), max(height, round(h * scale)))
+        size = (max(side, round(w * scale)), max(side, round(h * scale)))
         img = np.asarray(Image.fromarray(img).resize(size, Image.Resampling.LANCZOS))
-    return np.ascontiguousarray(img[:, ::-1]) if flip else img
+    if flip:
+        img = img[:, ::-1]
+    return np.ascontiguousarray(np.rot90(img, int(rng.integers(4))))
 
 
 class ImageFolder(Dataset):
@@ -80,8 +86,9 @@ class ImageFolder(Dataset):
         seed: the run's seed.
         verbose: print the warnings about unreadable files (only one process of a distributed run should).
         augment: training only: before cropping, shrink the image by a random factor (log-uniform in
-            [``MIN_SCALE``, 1], never below the patch) and flip it left-right half the time. A few photos
-            then give crops at many scales, which is what a small training set lacks most.
+            [``MIN_SCALE``, 1], never below the patch) and lay it in one of its eight orientations (flip or not,
+            turned by a multiple of 90 degrees). A few photos then give crops at many scales and angles, which
+            is what a small training set lacks most.
         repeat: each epoch visits every image this many times (each visit a different random crop), so
             that an epoch of a few photos is more than one step.
         colour_augment: training only: put the crop's channels in one of their six orders, drawn uniformly.
@@ -150,7 +157,7 @@ class ImageFolder(Dataset):
         height, width = self.patch_size
         rng = np.random.default_rng([_CROP_STREAM, self.seed, epoch, index])
         if self.augment:
-            img = _random_rescale_and_flip(img, height, width, rng)
+            img = _random_rescale_and_orient(img, height, width, rng)
         img = _pad_to(img, height, width)
         if self.random_crop:
             top = int(rng.integers(0, img.shape[0] - height + 1))

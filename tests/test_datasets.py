@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import photo, write_photo
 from datasets import ImageFolder, ShardedEpochSampler
-from datasets.images import CHANNEL_ORDERS, _random_rescale_and_flip
+from datasets.images import CHANNEL_ORDERS, _random_rescale_and_orient
 from utils.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -107,21 +107,30 @@ def test_augmented_crops_are_seeded_and_differ(photos):
     assert len({c.sum().item() for c in crops}) == 40  # each repeat is a different crop
 
 
-def test_rescaling_spans_the_scales_and_flips_half_the_time():
+def test_rescaling_spans_the_scales_and_keeps_the_patch_in_either_orientation():
     img = photo("astronaut")[:256, :320]
-    scales, flips = [], 0
+    scales = []
     for seed in range(200):
-        out = _random_rescale_and_flip(img, 64, 64, np.random.default_rng(seed))
-        scales.append(out.shape[0] / img.shape[0])
-        if out.shape == img.shape:  # not shrunk: either the image itself or its mirror
-            flips += not np.array_equal(out, img)
-            assert np.array_equal(out, img) or np.array_equal(out, img[:, ::-1])
+        out = _random_rescale_and_orient(img, 64, 64, np.random.default_rng(seed))
+        scales.append(min(out.shape[:2]) / 256)
+        assert abs(max(out.shape[:2]) - 320 * scales[-1]) < 1.5  # shrunk as a whole, perhaps turned
     assert min(scales) >= 64 / 256 - 1e-9 and max(scales) <= 1
     assert min(scales) < 0.35 and sum(s < 0.6 for s in scales) > 50  # log-uniform down to the floor
-    img_small = photo("astronaut")[:64, :64]
-    mirrored = sum(not np.array_equal(_random_rescale_and_flip(img_small, 64, 64, np.random.default_rng(s)), img_small)
-                   for s in range(200))
-    assert 70 < mirrored < 130  # a patch-sized image is never shrunk, only flipped, about half the time
+    for seed in range(40):  # a tall patch still fits once the picture is turned on its side
+        out = _random_rescale_and_orient(img, 96, 32, np.random.default_rng(seed))
+        assert min(out.shape[:2]) >= 96
+
+
+def test_a_patch_sized_image_takes_each_of_its_eight_orientations_about_equally():
+    img = photo("astronaut")[:64, :64]
+    orientations = [np.rot90(m, k) for m in (img, img[:, ::-1]) for k in range(4)]
+    counts = [0] * 8
+    for seed in range(400):
+        out = _random_rescale_and_orient(img, 64, 64, np.random.default_rng(seed))
+        matches = [i for i, o in enumerate(orientations) if np.array_equal(out, o)]
+        assert len(matches) == 1  # never shrunk, only laid on the grid another way
+        counts[matches[0]] += 1
+    assert all(25 < c < 80 for c in counts), counts  # 50 each on average
 
 
 def test_without_augment_the_crops_are_unchanged(photos):
