@@ -194,6 +194,12 @@ if [ -n "${VARIABLE_RATE:-}" ]; then
     # float32 checkpoint (stopped by --max-minutes after 693 of the 768 steps, its cosine at 3e-6; beside
     # another run, one thread each), and the entropy stage once more:
     step_256 "$RUNS/entropy/vr3.pth.tar" vr256d 6 80 "$RUNS/entropy/vr4.pth.tar"
+    # (shipped at this point as fingerprint 0514661c…, commit 1121e48.) Every step above ran while --augment
+    # only flipped; it now also turns each picture by a multiple of 90 degrees (the same draws, then the turn),
+    # and with that the same step once more from that float32 checkpoint (stopped by --max-minutes after 707
+    # of the 768 steps, its cosine at 3e-6; beside another run, one thread each), and the entropy stage once
+    # more:
+    step_256 "$RUNS/entropy/vr4.pth.tar" vr256e 6 80 "$RUNS/entropy/vr5.pth.tar"
     # then: python tools/ship_weights.py icwem-small-q1 icwem-small-q2 icwem-small-q3 icwem-small-q4 \
-    #   --variable-rate $RUNS/entropy/vr4.pth.tar
+    #   --variable-rate $RUNS/entropy/vr5.pth.tar
 fi
