@@ -62,6 +62,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=d["log_every"], help="log the training losses to TensorBoard and the progress bar every this many steps")
     p.add_argument("--save-every-steps", type=int, default=d["save_every_steps"],
                    help="also save checkpoint_latest.pth.tar every this many steps within an epoch (0: only at epoch ends)")
+    p.add_argument("--keep-step-checkpoints", action="store_true",
+                   help="keep every checkpoint saved (at each --save-every-steps, epoch end and stop) as "
+                        "step<N>_checkpoint.pth.tar, for tools/average_weights.py --last K")
     p.add_argument("--augment", action="store_true",
                    help="multi-scale random crops (each image shrunk by a random factor in [0.3, 1] first) in any of the eight "
                         "orientations (flipped or not, turned by a multiple of 90 degrees)")

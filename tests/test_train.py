@@ -234,6 +234,32 @@ def test_warmup_rates_rise_linearly_and_are_restored():
     assert seen == pytest.approx([0.1, 0.2, 0.3, 0.3, 0.3])
 
 
+def test_kept_step_checkpoints_are_every_save_and_average_by_step(data, tmp_path, capsys):
+    """--keep-step-checkpoints keeps each save (mid-epoch, epoch end, stop) under its step; average_weights.py
+    --last picks the highest steps by what the files record, not by their names' order."""
+    from tools.average_weights import main as average
+
+    result = train(config(data, tmp_path, max_steps=3, save_every_steps=1, keep_step_checkpoints=True))
+    run = tmp_path / "0.05"
+    kept = sorted(run.glob("step*_checkpoint.pth.tar"))
+    assert [p.name for p in kept] == [f"step{n}_checkpoint.pth.tar" for n in (1, 2, 3)]
+    saved = {p.name: torch.load(p, weights_only=True) for p in kept}
+    assert [saved[p.name]["step"] for p in kept] == [1, 2, 3]
+    assert_same_tensors(saved["step3_checkpoint.pth.tar"]["state_dict"], result.model.state_dict())
+    step2, step3 = (saved[f"step{n}_checkpoint.pth.tar"]["state_dict"] for n in (2, 3))
+    assert any(not torch.equal(step2[key], step3[key]) for key in step3)  # the saves are of different weights
+
+    out = tmp_path / "tail.pth.tar"
+    assert average([str(p) for p in reversed(kept)] + ["--last", "2", "-o", str(out)]) == 0
+    assert "(steps 2, 3)" in capsys.readouterr().out
+    averaged = torch.load(out, weights_only=True)
+    assert averaged["step"] == 3
+    for key, value in averaged["state_dict"].items():
+        a, b = step2[key], step3[key]
+        expected = ((a.double() + b.double()) / 2).to(a.dtype) if a.is_floating_point() else b
+        assert torch.equal(value, expected), key
+
+
 @pytest.mark.parametrize("layout", ["state_dict only", "bare state dict"])
 def test_weights_only_file_fine_tunes_with_fresh_optimizers(data, tmp_path, straight_run, layout):
     straight, straight_out = straight_run

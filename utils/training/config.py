@@ -63,6 +63,7 @@ class TrainConfig:
     max_minutes: Optional[float] = None
     log_every: int = 100
     save_every_steps: int = 0
+    keep_step_checkpoints: bool = False  # keep every save as step<N>_checkpoint.pth.tar (for a tail average)
     augment: bool = False
     colour_augment: bool = False
     repeat: int = 1

@@ -220,13 +220,16 @@ def resume(state: TrainState, checkpoint: Optional[dict], cfg: TrainConfig, ctx:
 def save(run: Run, state: TrainState, epoch_done: bool, is_best: bool = False) -> None:
     """Write the checkpoint (every rank must call this: the ranks' generator states are gathered).
 
-    At an epoch's end (``epoch_done``) also copy it to the best and the every-fifth-epoch files.
+    At an epoch's end (``epoch_done``) also copy it to the best and the every-fifth-epoch files; with
+    ``--keep-step-checkpoints`` every save is kept as ``step<N>_checkpoint.pth.tar`` (a hard link: no copy).
     """
     rngs = all_gather_object(rng_state(run.device), run.ctx)
     if not (run.cfg.save and run.ctx.master):
         return
     checkpoint = state.state_dict(run.cfg.as_args(), rngs, run.cfg.batch_size, run.ctx.world_size, epoch_done)
     save_checkpoint(checkpoint, run.save_dir / LATEST)
+    if run.cfg.keep_step_checkpoints:
+        copy_checkpoint(run.save_dir / LATEST, run.save_dir / f"step{state.step}_checkpoint.pth.tar")
     if epoch_done:
         if is_best:
             copy_checkpoint(run.save_dir / LATEST, run.save_dir / BEST)
