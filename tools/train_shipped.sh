@@ -200,6 +200,25 @@ if [ -n "${VARIABLE_RATE:-}" ]; then
     # of the 768 steps, its cosine at 3e-6; beside another run, one thread each), and the entropy stage once
     # more:
     step_256 "$RUNS/entropy/vr4.pth.tar" vr256e 6 80 "$RUNS/entropy/vr5.pth.tar"
+    # (shipped at this point as fingerprint d4c78408…, commit 57bfbad.) From here each run keeps every save (one
+    # each 32 steps) and the model is the mean of a run's last six saves: one save is a noisy sample of a run.
+    # tail_256 FROM RUN LR SEED MINUTES: the same step on 256² crops (six epochs), then that mean into RUN/avg6.
+    tail_256() {
+        python -u train.py -d "$RUNS/data512" --batch-size 2 --patch-size 256 256 --augment --colour-augment \
+            --repeat 4 --lr-schedule cosine --decoder-clamp -lr "$3" --seed "$4" --lambdas "${LAMBDAS[@]}" --epochs 6 \
+            --save-every-steps 32 --keep-step-checkpoints --max-minutes "$5" --checkpoint "$1" --no-continue_train \
+            --save_path "$RUNS/$2"
+        python tools/average_weights.py "$RUNS/$2"/0.0003-0.15/step*_checkpoint.pth.tar --last 6 -o "$RUNS/$2/avg6.pth.tar"
+    }
+    # Stopped by --max-minutes at step 641 of 768 (run in two parts, resumed exactly), then the entropy stage:
+    tail_256 "$RUNS/entropy/vr5.pth.tar" vr256f 1e-4 100 80
+    python -u tools/entropy_stage.py "$RUNS/vr256f/avg6.pth.tar" --data "$RUNS/data512" -o "$RUNS/entropy/vr6.pth.tar"
+    # Two arms from that, one thread each: all 768 steps at lr 1e-4 (run in two parts, resumed exactly), and lr 5e-5
+    # with another seed (stopped at step 641); the mean of the two means, then the entropy stage once more:
+    tail_256 "$RUNS/entropy/vr6.pth.tar" vr256g 1e-4 100 106
+    tail_256 "$RUNS/entropy/vr6.pth.tar" vr256h 5e-5 101 67
+    python tools/average_weights.py "$RUNS/vr256g/avg6.pth.tar" "$RUNS/vr256h/avg6.pth.tar" -o "$RUNS/vr256gh.pth.tar"
+    python -u tools/entropy_stage.py "$RUNS/vr256gh.pth.tar" --data "$RUNS/data512" -o "$RUNS/entropy/vr7.pth.tar"
     # then: python tools/ship_weights.py icwem-small-q1 icwem-small-q2 icwem-small-q3 icwem-small-q4 \
-    #   --variable-rate $RUNS/entropy/vr5.pth.tar
+    #   --variable-rate $RUNS/entropy/vr7.pth.tar
 fi
