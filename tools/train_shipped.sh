@@ -172,12 +172,19 @@ if [ -n "${VARIABLE_RATE:-}" ]; then
         --no-continue_train --save_path "$RUNS/vr1/prod"
     python -u tools/entropy_stage.py "$RUNS/vr1/prod/0.0003-0.15/checkpoint_latest.pth.tar" --data "$RUNS/data512" \
         -o "$RUNS/entropy/vr1.pth.tar"
+    # train_256 FROM RUN FLAGS…: the whole model on 256² crops in batches of 2 from checkpoint FROM into $RUNS/RUN,
+    # with fresh optimizers; FLAGS add the run's own learning rate, length and saves.
+    train_256() {
+        local from=$1 run=$2
+        shift 2
+        python -u train.py -d "$RUNS/data512" --batch-size 2 --patch-size 256 256 --augment --colour-augment \
+            --repeat 4 --lr-schedule cosine --decoder-clamp --lambdas "${LAMBDAS[@]}" --checkpoint "$from" \
+            --no-continue_train --save_path "$RUNS/$run" "$@"
+    }
     # One step of the whole model on 256² crops from checkpoint FROM (into $RUNS/RUN), then the entropy stage
     # into OUT: step_256 FROM RUN EPOCHS MINUTES OUT
     step_256() {
-        python -u train.py -d "$RUNS/data512" --batch-size 2 --patch-size 256 256 --augment --colour-augment \
-            --repeat 4 --lr-schedule cosine --decoder-clamp -lr 1e-4 --lambdas "${LAMBDAS[@]}" --epochs "$3" \
-            --max-minutes "$4" --checkpoint "$1" --no-continue_train --save_path "$RUNS/$2"
+        train_256 "$1" "$2" -lr 1e-4 --epochs "$3" --max-minutes "$4"
         python -u tools/entropy_stage.py "$RUNS/$2/0.0003-0.15/checkpoint_latest.pth.tar" --data "$RUNS/data512" -o "$5"
     }
     step_256 "$RUNS/entropy/vr1.pth.tar" vr256 7 88 "$RUNS/entropy/vr.pth.tar"
@@ -204,10 +211,7 @@ if [ -n "${VARIABLE_RATE:-}" ]; then
     # each 32 steps) and the model is the mean of a run's last six saves: one save is a noisy sample of a run.
     # tail_256 FROM RUN LR SEED MINUTES: the same step on 256² crops (six epochs), then that mean into RUN/avg6.
     tail_256() {
-        python -u train.py -d "$RUNS/data512" --batch-size 2 --patch-size 256 256 --augment --colour-augment \
-            --repeat 4 --lr-schedule cosine --decoder-clamp -lr "$3" --seed "$4" --lambdas "${LAMBDAS[@]}" --epochs 6 \
-            --save-every-steps 32 --keep-step-checkpoints --max-minutes "$5" --checkpoint "$1" --no-continue_train \
-            --save_path "$RUNS/$2"
+        train_256 "$1" "$2" -lr "$3" --seed "$4" --epochs 6 --max-minutes "$5" --save-every-steps 32 --keep-step-checkpoints
         python tools/average_weights.py "$RUNS/$2"/0.0003-0.15/step*_checkpoint.pth.tar --last 6 -o "$RUNS/$2/avg6.pth.tar"
     }
     # Stopped by --max-minutes at step 641 of 768 (run in two parts, resumed exactly), then the entropy stage:
