@@ -223,6 +223,14 @@ if [ -n "${VARIABLE_RATE:-}" ]; then
     tail_256 "$RUNS/entropy/vr6.pth.tar" vr256h 5e-5 101 67
     python tools/average_weights.py "$RUNS/vr256g/avg6.pth.tar" "$RUNS/vr256h/avg6.pth.tar" -o "$RUNS/vr256gh.pth.tar"
     python -u tools/entropy_stage.py "$RUNS/vr256gh.pth.tar" --data "$RUNS/data512" -o "$RUNS/entropy/vr7.pth.tar"
+    # (shipped at this point as fingerprint 5c7bc99e…, commit 4cd45d3.) Then two arms from that shipped float16
+    # file, both at lr 5e-5 with new seeds (all 768 steps each, side by side), the mean of their means, and the
+    # entropy stage once more:
+    git show 4cd45d3:models/weights/icwem-small-vr.pt > "$RUNS/icwem-small-vr-5c7bc99e.pt"
+    tail_256 "$RUNS/icwem-small-vr-5c7bc99e.pt" vr256i 5e-5 102 66
+    tail_256 "$RUNS/icwem-small-vr-5c7bc99e.pt" vr256j 5e-5 103 66
+    python tools/average_weights.py "$RUNS/vr256i/avg6.pth.tar" "$RUNS/vr256j/avg6.pth.tar" -o "$RUNS/vr256ij.pth.tar"
+    python -u tools/entropy_stage.py "$RUNS/vr256ij.pth.tar" --data "$RUNS/data512" -o "$RUNS/entropy/vr8.pth.tar"
     # then: python tools/ship_weights.py icwem-small-q1 icwem-small-q2 icwem-small-q3 icwem-small-q4 \
-    #   --variable-rate $RUNS/entropy/vr7.pth.tar
+    #   --variable-rate $RUNS/entropy/vr8.pth.tar
 fi
