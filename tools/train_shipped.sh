@@ -214,6 +214,11 @@ if [ -n "${VARIABLE_RATE:-}" ]; then
         train_256 "$1" "$2" -lr "$3" --seed "$4" --epochs 6 --max-minutes "$5" --save-every-steps 32 --keep-step-checkpoints
         python tools/average_weights.py "$RUNS/$2"/0.0003-0.15/step*_checkpoint.pth.tar --last 6 -o "$RUNS/$2/avg6.pth.tar"
     }
+    # mean_of_means RUN_A RUN_B OUT: the mean of two tail_256 runs' means, then the entropy stage into OUT.
+    mean_of_means() {
+        python tools/average_weights.py "$RUNS/$1/avg6.pth.tar" "$RUNS/$2/avg6.pth.tar" -o "$RUNS/$1-$2.pth.tar"
+        python -u tools/entropy_stage.py "$RUNS/$1-$2.pth.tar" --data "$RUNS/data512" -o "$3"
+    }
     # Stopped by --max-minutes at step 641 of 768 (run in two parts, resumed exactly), then the entropy stage:
     tail_256 "$RUNS/entropy/vr5.pth.tar" vr256f 1e-4 100 80
     python -u tools/entropy_stage.py "$RUNS/vr256f/avg6.pth.tar" --data "$RUNS/data512" -o "$RUNS/entropy/vr6.pth.tar"
@@ -221,16 +226,14 @@ if [ -n "${VARIABLE_RATE:-}" ]; then
     # with another seed (stopped at step 641); the mean of the two means, then the entropy stage once more:
     tail_256 "$RUNS/entropy/vr6.pth.tar" vr256g 1e-4 100 106
     tail_256 "$RUNS/entropy/vr6.pth.tar" vr256h 5e-5 101 67
-    python tools/average_weights.py "$RUNS/vr256g/avg6.pth.tar" "$RUNS/vr256h/avg6.pth.tar" -o "$RUNS/vr256gh.pth.tar"
-    python -u tools/entropy_stage.py "$RUNS/vr256gh.pth.tar" --data "$RUNS/data512" -o "$RUNS/entropy/vr7.pth.tar"
+    mean_of_means vr256g vr256h "$RUNS/entropy/vr7.pth.tar"
     # (shipped at this point as fingerprint 5c7bc99e…, commit 4cd45d3.) Then two arms from that shipped float16
     # file, both at lr 5e-5 with new seeds (all 768 steps each, side by side), the mean of their means, and the
     # entropy stage once more:
     git show 4cd45d3:models/weights/icwem-small-vr.pt > "$RUNS/icwem-small-vr-5c7bc99e.pt"
     tail_256 "$RUNS/icwem-small-vr-5c7bc99e.pt" vr256i 5e-5 102 66
     tail_256 "$RUNS/icwem-small-vr-5c7bc99e.pt" vr256j 5e-5 103 66
-    python tools/average_weights.py "$RUNS/vr256i/avg6.pth.tar" "$RUNS/vr256j/avg6.pth.tar" -o "$RUNS/vr256ij.pth.tar"
-    python -u tools/entropy_stage.py "$RUNS/vr256ij.pth.tar" --data "$RUNS/data512" -o "$RUNS/entropy/vr8.pth.tar"
+    mean_of_means vr256i vr256j "$RUNS/entropy/vr8.pth.tar"
     # then: python tools/ship_weights.py icwem-small-q1 icwem-small-q2 icwem-small-q3 icwem-small-q4 \
     #   --variable-rate $RUNS/entropy/vr8.pth.tar
 fi
