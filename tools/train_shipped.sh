@@ -214,9 +214,13 @@ if [ -n "${VARIABLE_RATE:-}" ]; then
         train_256 "$1" "$2" -lr "$3" --seed "$4" --epochs 6 --max-minutes "$5" --save-every-steps 32 --keep-step-checkpoints
         python tools/average_weights.py "$RUNS/$2"/0.0003-0.15/step*_checkpoint.pth.tar --last 6 -o "$RUNS/$2/avg6.pth.tar"
     }
-    # mean_of_means RUN_A RUN_B OUT: the mean of two tail_256 runs' means, then the entropy stage into OUT.
+    # soup RUN_A RUN_B OUT: the mean of two tail_256 runs' means into OUT.
+    soup() {
+        python tools/average_weights.py "$RUNS/$1/avg6.pth.tar" "$RUNS/$2/avg6.pth.tar" -o "$3"
+    }
+    # mean_of_means RUN_A RUN_B OUT: that mean (into RUN_A-RUN_B), then the entropy stage into OUT.
     mean_of_means() {
-        python tools/average_weights.py "$RUNS/$1/avg6.pth.tar" "$RUNS/$2/avg6.pth.tar" -o "$RUNS/$1-$2.pth.tar"
+        soup "$1" "$2" "$RUNS/$1-$2.pth.tar"
         python -u tools/entropy_stage.py "$RUNS/$1-$2.pth.tar" --data "$RUNS/data512" -o "$3"
     }
     # Stopped by --max-minutes at step 641 of 768 (run in two parts, resumed exactly), then the entropy stage:
@@ -234,6 +238,13 @@ if [ -n "${VARIABLE_RATE:-}" ]; then
     tail_256 "$RUNS/icwem-small-vr-5c7bc99e.pt" vr256i 5e-5 102 66
     tail_256 "$RUNS/icwem-small-vr-5c7bc99e.pt" vr256j 5e-5 103 66
     mean_of_means vr256i vr256j "$RUNS/entropy/vr8.pth.tar"
+    # (shipped at this point as fingerprint cc9f15e6…, commit a4ecc01.) Then two arms from that float32
+    # checkpoint, lr 5e-5, new seeds (all 768 steps each, side by side, each run in two parts, resumed exactly),
+    # and the mean of their means without the entropy stage: on models trained on 256² crops the stage costs
+    # held-out rate at the low qualities (benchmarks/RESULTS.md, "A tenth step"):
+    tail_256 "$RUNS/entropy/vr8.pth.tar" vr256k 5e-5 104 70
+    tail_256 "$RUNS/entropy/vr8.pth.tar" vr256l 5e-5 105 55
+    soup vr256k vr256l "$RUNS/vr9.pth.tar"
     # then: python tools/ship_weights.py icwem-small-q1 icwem-small-q2 icwem-small-q3 icwem-small-q4 \
-    #   --variable-rate $RUNS/entropy/vr8.pth.tar
+    #   --variable-rate $RUNS/vr9.pth.tar
 fi
