@@ -245,6 +245,14 @@ if [ -n "${VARIABLE_RATE:-}" ]; then
     tail_256 "$RUNS/entropy/vr8.pth.tar" vr256k 5e-5 104 70
     tail_256 "$RUNS/entropy/vr8.pth.tar" vr256l 5e-5 105 55
     soup vr256k vr256l "$RUNS/vr9.pth.tar"
+    # (shipped at this point as fingerprint e7f8d581…, commit fa53afb.) Then two more rounds of the same, each
+    # from the mean before it (all 768 steps each, two side by side; vr256n run in two parts, resumed exactly):
+    tail_256 "$RUNS/vr9.pth.tar" vr256m 5e-5 106 66
+    tail_256 "$RUNS/vr9.pth.tar" vr256n 5e-5 107 66
+    soup vr256m vr256n "$RUNS/vr10.pth.tar"
+    tail_256 "$RUNS/vr10.pth.tar" vr256o 5e-5 108 150
+    tail_256 "$RUNS/vr10.pth.tar" vr256p 5e-5 109 150
+    soup vr256o vr256p "$RUNS/vr11.pth.tar"
     # then: python tools/ship_weights.py icwem-small-q1 icwem-small-q2 icwem-small-q3 icwem-small-q4 \
-    #   --variable-rate $RUNS/vr9.pth.tar
+    #   --variable-rate $RUNS/vr11.pth.tar
 fi
