@@ -253,6 +253,16 @@ if [ -n "${VARIABLE_RATE:-}" ]; then
     tail_256 "$RUNS/vr10.pth.tar" vr256o 5e-5 108 150
     tail_256 "$RUNS/vr10.pth.tar" vr256p 5e-5 109 150
     soup vr256o vr256p "$RUNS/vr11.pth.tar"
+    # (shipped at this point as fingerprint 402683e4…, commit 3ca8f22.) Then three more rounds, the same way:
+    tail_256 "$RUNS/vr11.pth.tar" vr256q 5e-5 110 150
+    tail_256 "$RUNS/vr11.pth.tar" vr256r 5e-5 111 150
+    soup vr256q vr256r "$RUNS/vr12.pth.tar"
+    tail_256 "$RUNS/vr12.pth.tar" vr256s 5e-5 112 150
+    tail_256 "$RUNS/vr12.pth.tar" vr256t 5e-5 113 150
+    soup vr256s vr256t "$RUNS/vr13.pth.tar"
+    tail_256 "$RUNS/vr13.pth.tar" vr256u 5e-5 114 150
+    tail_256 "$RUNS/vr13.pth.tar" vr256v 5e-5 115 150
+    soup vr256u vr256v "$RUNS/vr14.pth.tar"
     # then: python tools/ship_weights.py icwem-small-q1 icwem-small-q2 icwem-small-q3 icwem-small-q4 \
-    #   --variable-rate $RUNS/vr11.pth.tar
+    #   --variable-rate $RUNS/vr14.pth.tar
 fi
