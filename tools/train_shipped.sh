@@ -253,16 +253,14 @@ if [ -n "${VARIABLE_RATE:-}" ]; then
     tail_256 "$RUNS/vr10.pth.tar" vr256o 5e-5 108 150
     tail_256 "$RUNS/vr10.pth.tar" vr256p 5e-5 109 150
     soup vr256o vr256p "$RUNS/vr11.pth.tar"
-    # (shipped at this point as fingerprint 402683e4…, commit 3ca8f22.) Then three more rounds, the same way:
-    tail_256 "$RUNS/vr11.pth.tar" vr256q 5e-5 110 150
-    tail_256 "$RUNS/vr11.pth.tar" vr256r 5e-5 111 150
-    soup vr256q vr256r "$RUNS/vr12.pth.tar"
-    tail_256 "$RUNS/vr12.pth.tar" vr256s 5e-5 112 150
-    tail_256 "$RUNS/vr12.pth.tar" vr256t 5e-5 113 150
-    soup vr256s vr256t "$RUNS/vr13.pth.tar"
-    tail_256 "$RUNS/vr13.pth.tar" vr256u 5e-5 114 150
-    tail_256 "$RUNS/vr13.pth.tar" vr256v 5e-5 115 150
-    soup vr256u vr256v "$RUNS/vr14.pth.tar"
+    # (shipped at this point as fingerprint 402683e4…, commit 3ca8f22.) Then three more rounds, the same way
+    # (FROM, the two runs, the first run's seed, OUT; the second run's seed is one more):
+    for round in "vr11 vr256q vr256r 110 vr12" "vr12 vr256s vr256t 112 vr13" "vr13 vr256u vr256v 114 vr14"; do
+        read -r from run_a run_b seed out <<< "$round"
+        tail_256 "$RUNS/$from.pth.tar" "$run_a" 5e-5 "$seed" 150
+        tail_256 "$RUNS/$from.pth.tar" "$run_b" 5e-5 $((seed + 1)) 150
+        soup "$run_a" "$run_b" "$RUNS/$out.pth.tar"
+    done
     # then: python tools/ship_weights.py icwem-small-q1 icwem-small-q2 icwem-small-q3 icwem-small-q4 \
     #   --variable-rate $RUNS/vr14.pth.tar
 fi
