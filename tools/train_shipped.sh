@@ -245,20 +245,16 @@ if [ -n "${VARIABLE_RATE:-}" ]; then
     tail_256 "$RUNS/entropy/vr8.pth.tar" vr256k 5e-5 104 70
     tail_256 "$RUNS/entropy/vr8.pth.tar" vr256l 5e-5 105 55
     soup vr256k vr256l "$RUNS/vr9.pth.tar"
-    # (shipped at this point as fingerprint e7f8d581…, commit fa53afb.) Then two more rounds of the same, each
-    # from the mean before it (all 768 steps each, two side by side; vr256n run in two parts, resumed exactly):
-    tail_256 "$RUNS/vr9.pth.tar" vr256m 5e-5 106 66
-    tail_256 "$RUNS/vr9.pth.tar" vr256n 5e-5 107 66
-    soup vr256m vr256n "$RUNS/vr10.pth.tar"
-    tail_256 "$RUNS/vr10.pth.tar" vr256o 5e-5 108 150
-    tail_256 "$RUNS/vr10.pth.tar" vr256p 5e-5 109 150
-    soup vr256o vr256p "$RUNS/vr11.pth.tar"
-    # (shipped at this point as fingerprint 402683e4…, commit 3ca8f22.) Then three more rounds, the same way
-    # (FROM, the two runs, the first run's seed, OUT; the second run's seed is one more):
-    for round in "vr11 vr256q vr256r 110 vr12" "vr12 vr256s vr256t 112 vr13" "vr13 vr256u vr256v 114 vr14"; do
-        read -r from run_a run_b seed out <<< "$round"
-        tail_256 "$RUNS/$from.pth.tar" "$run_a" 5e-5 "$seed" 150
-        tail_256 "$RUNS/$from.pth.tar" "$run_b" 5e-5 $((seed + 1)) 150
+    # (shipped at this point as fingerprint e7f8d581…, commit fa53afb.) Then more rounds of the same, each from
+    # the mean before it (all 768 steps each, two side by side; vr256n run in two parts, resumed exactly). Each
+    # line: FROM, the two runs, the first run's seed (the second's is one more), OUT, --max-minutes; the
+    # file was shipped after vr11 (fingerprint 402683e4…, commit 3ca8f22) and after vr14:
+    for round in "vr9 vr256m vr256n 106 vr10 66" "vr10 vr256o vr256p 108 vr11 150" \
+                 "vr11 vr256q vr256r 110 vr12 150" "vr12 vr256s vr256t 112 vr13 150" \
+                 "vr13 vr256u vr256v 114 vr14 150"; do
+        read -r from run_a run_b seed out minutes <<< "$round"
+        tail_256 "$RUNS/$from.pth.tar" "$run_a" 5e-5 "$seed" "$minutes"
+        tail_256 "$RUNS/$from.pth.tar" "$run_b" 5e-5 $((seed + 1)) "$minutes"
         soup "$run_a" "$run_b" "$RUNS/$out.pth.tar"
     done
     # then: python tools/ship_weights.py icwem-small-q1 icwem-small-q2 icwem-small-q3 icwem-small-q4 \
