@@ -407,6 +407,21 @@ def test_transform_ceiling_optimise_finds_a_latent_the_synthesis_draws_better():
     assert all(p.requires_grad for p in vr_model.parameters())
 
 
+def test_transform_ceiling_counts_the_latent_channels_the_synthesis_uses():
+    """--channels on the shipped model: some latent channels matter to g_s and some do not; a synthesis that
+    reads none of them (its input weights zeroed) uses none, and holding them all at their means costs nothing."""
+    from tools.transform_ceiling import channel_usage
+
+    vr_model = load_checkpoint("icwem-small-vr")
+    x = photo_tensor(h=64, w=64, top=100, left=180)
+    used, idle_drop = channel_usage(vr_model, x)
+    assert 0 < used < vr_model.config["M"] and abs(idle_drop) < 1.0
+    with torch.no_grad():
+        vr_model.g_s[0].subpel_conv[0].weight.zero_()
+        vr_model.g_s[0].upsample[0].weight.zero_()
+    assert channel_usage(vr_model, x) == (0, 0.0)
+
+
 def test_transform_ceiling_refuses_beyond_for_a_fixed_rate_model(tiny_checkpoint, tmp_path):
     from tools.transform_ceiling import main as transform_ceiling
 

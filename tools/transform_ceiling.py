@@ -15,6 +15,11 @@ well above the ceiling, the synthesis can draw a better picture than the analysi
 and the limit is the analysis (an amortisation gap, which ``codec.py --refine`` narrows per image); if
 not, the synthesis is the limit.
 
+How many latent channels does the synthesis use? ``--channels`` holds each channel of g_a(x) at its mean over
+the picture, one at a time, and prints per photo how many cost more than 0.01 dB, and what holding all the
+others at their means together costs: channels that carry nothing the synthesis uses (a common trait of
+channel-wise models trained at low rates) are capacity the top rate points cannot spend.
+
 Photos: tools/heldout_rd.py's held-out set, cropped to a multiple of 64 pixels; rate from the likelihoods;
 PSNR of 8-bit pictures, as a decoded file would give.
 """
@@ -82,6 +87,23 @@ def optimised_latent_psnr(model: torch.nn.Module, x: torch.Tensor, steps: int, l
         return psnr(x, to_tensor(to_uint8(model.synthesis(y.detach(), clamp=True))))
 
 
+def channel_usage(model: torch.nn.Module, x: torch.Tensor, threshold_db: float = 0.01) -> tuple[int, float]:
+    """(channels of y = g_a(``x``) whose own mean, in place of the channel, lowers the PSNR of g_s(y) by more
+    than ``threshold_db``; the PSNR drop in dB when all the other channels are held at their means at once)."""
+    with torch.inference_mode():
+        y = model.analysis(x)
+        means = y.mean(dim=(2, 3), keepdim=True)
+        ceiling = psnr(x, model.synthesis(y, clamp=True))
+
+        def held(channels: list[int]) -> float:
+            y_held = y.clone()
+            y_held[:, channels] = means[:, channels]
+            return ceiling - psnr(x, model.synthesis(y_held, clamp=True))
+
+        idle = [c for c in range(y.shape[1]) if held([c]) <= threshold_db]
+        return y.shape[1] - len(idle), held(idle) if idle else 0.0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoints", nargs="+", help="checkpoints, shipped names, or 'shipped'")
@@ -90,11 +112,14 @@ def main(argv=None) -> int:
                    help="variable-rate models: also code at the top rate point with its gain raised by T nats")
     p.add_argument("--optimise", type=int, default=0, metavar="N",
                    help="also the PSNR of g_s from a latent optimised for distortion alone, N Adam steps from g_a(x)")
+    p.add_argument("--channels", action="store_true",
+                   help="also how many latent channels the synthesis uses (see the module docstring)")
     args = p.parse_args(argv)
     photos = load_photos(args.data, args.max_side)
     print(f"{'checkpoint':<24} {'photo':<22} {'ceiling dB':>10} {'coded dB':>9} {'bpp':>7}"
           + "".join(f" {f'+{t:g} nats dB / bpp':>20}" for t in args.beyond)
-          + (f" {f'optimised y ({args.optimise}) dB':>22}" if args.optimise else ""))
+          + (f" {f'optimised y ({args.optimise}) dB':>22}" if args.optimise else "")
+          + (f" {'channels used / idle ones held dB':>34}" if args.channels else ""))
     for checkpoint in expand_shipped(list(args.checkpoints)):
         model = load_checkpoint(checkpoint)
         if args.beyond and not model.rate_points:
@@ -109,8 +134,12 @@ def main(argv=None) -> int:
             coded_db, bpp = code(model, rgb, model.default_quality)
             beyond = "".join(f" {'%.2f / %.3f' % code(m, rgb, float(model.rate_points)):>20}" for m in raised)
             optimised = f" {optimised_latent_psnr(model, x, args.optimise):>22.2f}" if args.optimise else ""
+            used = ""
+            if args.channels:
+                n_used, idle_drop = channel_usage(model, x)
+                used = f" {'%d of %d / %.2f' % (n_used, model.config['M'], -idle_drop):>34}"
             print(f"{str(checkpoint)[-24:]:<24} {name[-22:]:<22} {psnr(x, ceiling):>10.2f} {coded_db:>9.2f} "
-                  f"{bpp:>7.3f}{beyond}{optimised}", flush=True)
+                  f"{bpp:>7.3f}{beyond}{optimised}{used}", flush=True)
     return 0
 
 
