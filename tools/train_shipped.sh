@@ -264,6 +264,14 @@ if [ -n "${VARIABLE_RATE:-}" ]; then
     tail_256 "$RUNS/vr256y/avg6.pth.tar" vr256z 5e-5 120 150
     tail_256 "$RUNS/vr256y/avg6.pth.tar" vr256za 5e-5 121 150
     soup vr256z vr256za "$RUNS/vr16.pth.tar"
+    # (shipped at this point as fingerprint c8f427cf…, commit 404b771.) Two more rounds, each from the mean
+    # before it (every run in two parts, resumed exactly); the first alone gained nothing by the proxy:
+    for round in "vr16 vr256zb vr256zc 122 vr17 150" "vr17 vr256zd vr256ze 124 vr18 150"; do
+        read -r from run_a run_b seed out minutes <<< "$round"
+        tail_256 "$RUNS/$from.pth.tar" "$run_a" 5e-5 "$seed" "$minutes"
+        tail_256 "$RUNS/$from.pth.tar" "$run_b" 5e-5 $((seed + 1)) "$minutes"
+        soup "$run_a" "$run_b" "$RUNS/$out.pth.tar"
+    done
     # then: python tools/ship_weights.py icwem-small-q1 icwem-small-q2 icwem-small-q3 icwem-small-q4 \
-    #   --variable-rate $RUNS/vr16.pth.tar
+    #   --variable-rate $RUNS/vr18.pth.tar
 fi
