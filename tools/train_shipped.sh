@@ -245,33 +245,33 @@ if [ -n "${VARIABLE_RATE:-}" ]; then
     tail_256 "$RUNS/entropy/vr8.pth.tar" vr256k 5e-5 104 70
     tail_256 "$RUNS/entropy/vr8.pth.tar" vr256l 5e-5 105 55
     soup vr256k vr256l "$RUNS/vr9.pth.tar"
-    # (shipped at this point as fingerprint e7f8d581…, commit fa53afb.) Then more rounds of the same, each from
-    # the mean before it (all 768 steps each, two side by side; vr256n run in two parts, resumed exactly). Each
-    # line: FROM, the two runs, the first run's seed (the second's is one more), OUT, --max-minutes; the
-    # file was shipped after vr11 (fingerprint 402683e4…, commit 3ca8f22) and after vr14 (b6421237…); the runs of
-    # vr15 were each run in two parts, resumed exactly:
-    for round in "vr9 vr256m vr256n 106 vr10 66" "vr10 vr256o vr256p 108 vr11 150" \
-                 "vr11 vr256q vr256r 110 vr12 150" "vr12 vr256s vr256t 112 vr13 150" \
-                 "vr13 vr256u vr256v 114 vr14 150" "vr14 vr256w vr256x 116 vr15 150"; do
-        read -r from run_a run_b seed out minutes <<< "$round"
-        tail_256 "$RUNS/$from.pth.tar" "$run_a" 5e-5 "$seed" "$minutes"
-        tail_256 "$RUNS/$from.pth.tar" "$run_b" 5e-5 $((seed + 1)) "$minutes"
-        soup "$run_a" "$run_b" "$RUNS/$out.pth.tar"
-    done
+    # rounds "FROM RUN_A RUN_B SEED OUT MINUTES" …: rounds of the same, each from the mean before it: two runs
+    # from FROM (RUN_A with SEED, RUN_B with SEED + 1, lr 5e-5, all 768 steps each, side by side) and the mean of
+    # their means into OUT.
+    rounds() {
+        local round from run_a run_b seed out minutes
+        for round in "$@"; do
+            read -r from run_a run_b seed out minutes <<< "$round"
+            tail_256 "$RUNS/$from.pth.tar" "$run_a" 5e-5 "$seed" "$minutes"
+            tail_256 "$RUNS/$from.pth.tar" "$run_b" 5e-5 $((seed + 1)) "$minutes"
+            soup "$run_a" "$run_b" "$RUNS/$out.pth.tar"
+        done
+    }
+    # (shipped at this point as fingerprint e7f8d581…, commit fa53afb.) Then six rounds (vr256n run in two parts,
+    # resumed exactly); the file was shipped after vr11 (fingerprint 402683e4…, commit 3ca8f22) and after vr14
+    # (b6421237…); the runs of vr15 were each run in two parts, resumed exactly:
+    rounds "vr9 vr256m vr256n 106 vr10 66" "vr10 vr256o vr256p 108 vr11 150" \
+           "vr11 vr256q vr256r 110 vr12 150" "vr12 vr256s vr256t 112 vr13 150" \
+           "vr13 vr256u vr256v 114 vr14 150" "vr14 vr256w vr256x 116 vr15 150"
     # One run from vr15 alone (its pair was an experiment that was not kept; seed 119 went unused), then one more
     # round of two from that run's mean (each run in two parts, resumed exactly):
     tail_256 "$RUNS/vr15.pth.tar" vr256y 5e-5 118 150
     tail_256 "$RUNS/vr256y/avg6.pth.tar" vr256z 5e-5 120 150
     tail_256 "$RUNS/vr256y/avg6.pth.tar" vr256za 5e-5 121 150
     soup vr256z vr256za "$RUNS/vr16.pth.tar"
-    # (shipped at this point as fingerprint c8f427cf…, commit 404b771.) Two more rounds, each from the mean
-    # before it (every run in two parts, resumed exactly); the first alone gained nothing by the proxy:
-    for round in "vr16 vr256zb vr256zc 122 vr17 150" "vr17 vr256zd vr256ze 124 vr18 150"; do
-        read -r from run_a run_b seed out minutes <<< "$round"
-        tail_256 "$RUNS/$from.pth.tar" "$run_a" 5e-5 "$seed" "$minutes"
-        tail_256 "$RUNS/$from.pth.tar" "$run_b" 5e-5 $((seed + 1)) "$minutes"
-        soup "$run_a" "$run_b" "$RUNS/$out.pth.tar"
-    done
+    # (shipped at this point as fingerprint c8f427cf…, commit 404b771.) Two more rounds (every run in two parts,
+    # resumed exactly); the first alone gained nothing by the proxy:
+    rounds "vr16 vr256zb vr256zc 122 vr17 150" "vr17 vr256zd vr256ze 124 vr18 150"
     # then: python tools/ship_weights.py icwem-small-q1 icwem-small-q2 icwem-small-q3 icwem-small-q4 \
     #   --variable-rate $RUNS/vr18.pth.tar
 fi
